@@ -1,0 +1,33 @@
+"""DkimKeys: one RSA signing key per `mailfleet:dkim` entry, shared by every host of the fleet."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pulumi
+import pulumi_tls as tls
+
+from mailfleet.config import DkimKey
+
+
+class DkimKeys(pulumi.ComponentResource):
+    private_keys: dict[str, pulumi.Output[str]]
+    """Record name (selector._domainkey.domain) -> private key PEM (secret)."""
+    public_keys: dict[str, pulumi.Output[str]]
+    """Record name -> public key PEM (SubjectPublicKeyInfo), the source of the DKIM TXT record."""
+
+    def __init__(self, name: str, keys: Sequence[DkimKey], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailfleet:index:DkimKeys", name, None, opts)
+        self.private_keys, self.public_keys = {}, {}
+        for key in keys:
+            # Changing `bits` replaces the key, and so the published record: rotate with a new
+            # selector instead (README, "Rotate a DKIM key").
+            private_key = tls.PrivateKey(
+                f"{name}-{key.record_name}",
+                algorithm="RSA",
+                rsa_bits=key.bits,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.private_keys[key.record_name] = private_key.private_key_pem
+            self.public_keys[key.record_name] = private_key.public_key_pem
+        self.register_outputs({"publicKeys": self.public_keys})

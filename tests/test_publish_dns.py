@@ -1,0 +1,452 @@
+"""tools/publish_dns.py: the output formats, and `check` against a real authoritative DNS server
+that these tests run on 127.0.0.153 (nothing else is ever queried: every check passes
+--nameserver)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import csv
+import io
+import json
+import os
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+import pytest
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "publish_dns.py"
+sys.path.insert(0, str(TOOL.parent))
+import publish_dns  # noqa: E402
+
+SERVER_ADDRESS = "127.0.0.153"  # 127.0.0.53 is systemd-resolved's on many machines
+
+# An RSA-2048 public key is 294 bytes of DER, so its DKIM value is about 410 characters: more
+# than one 255-byte TXT string. The bytes need not be a real key for DNS.
+DKIM_VALUE = "v=DKIM1; k=rsa; p=" + base64.b64encode(bytes(range(256)) + bytes(range(38))).decode()
+
+
+def record(name, type_, value, purpose, ttl=3600):
+    return {"name": name, "type": type_, "value": value, "ttl": ttl, "purpose": purpose}
+
+
+def sample_outputs() -> dict:
+    """What `pulumi stack output --json` gives for 2 instances and 2 signing domains."""
+    instances = {
+        "postfix-43": {"host": "mx1", "ip": "127.0.0.43", "hostname": "s43.mail.example.com"},
+        "postfix-45": {"host": "mx1", "ip": "127.0.0.45", "hostname": "s45.mail.example.com"},
+    }
+    records = []
+    for item in instances.values():
+        last_octet = item["ip"].rsplit(".", 1)[1]
+        records += [
+            record(item["hostname"], "A", item["ip"], "instance address"),
+            record(f"{last_octet}.0.0.127.in-addr.arpa", "PTR", item["hostname"], "reverse DNS"),
+            record(item["hostname"], "TXT", "v=spf1 a -all", "HELO SPF"),
+        ]
+    for domain, selector in (("example.com", "sel1"), ("example.org", "sel2")):
+        records += [
+            record(domain, "TXT", "v=spf1 ip4:127.0.0.43 ip4:127.0.0.45 -all", "SPF"),
+            record(f"{selector}._domainkey.{domain}", "TXT", DKIM_VALUE, "DKIM"),
+            record(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=none", "DMARC"),
+        ]
+    return {"dnsRecords": records, "instances": instances, "zoneFile": "unused here"}
+
+
+def find(records, name, type_="TXT"):
+    return next(r for r in records if r["name"] == name and r["type"] == type_)
+
+
+@pytest.fixture
+def outputs_file(tmp_path):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(sample_outputs()))
+    return path
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    code = publish_dns.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---- pure parts ----------------------------------------------------------------------------
+
+def test_split_txt_keeps_short_values_whole():
+    assert publish_dns.split_txt("v=spf1 -all") == ["v=spf1 -all"]
+    assert publish_dns.split_txt("") == [""]
+    assert publish_dns.split_txt("a" * 255) == ["a" * 255]
+
+
+def test_split_txt_cuts_at_255_bytes():
+    chunks = publish_dns.split_txt(DKIM_VALUE)
+    assert len(DKIM_VALUE) > 400
+    assert [len(chunk) for chunk in chunks] == [255, len(DKIM_VALUE) - 255]
+    assert "".join(chunks) == DKIM_VALUE
+    assert publish_dns.split_txt("a" * 256) == ["a" * 255, "a"]
+
+
+def test_split_txt_counts_bytes_and_never_cuts_a_character():
+    value = "é" * 200  # 400 bytes in UTF-8
+    chunks = publish_dns.split_txt(value)
+    assert "".join(chunks) == value
+    assert all(len(chunk.encode()) <= 255 for chunk in chunks)
+    assert len(chunks[0].encode()) == 254  # 127 two-byte characters; the 128th would not fit
+
+
+def test_quote_txt_chunk_escapes_quotes_backslashes_and_non_ascii():
+    assert publish_dns.quote_txt_chunk('say "hi" \\ bye') == '"say \\"hi\\" \\\\ bye"'
+    assert publish_dns.quote_txt_chunk("é") == '"\\195\\169"'
+
+
+def test_zone_lines_are_absolute_and_parse_back_to_the_same_records():
+    records = sample_outputs()["dnsRecords"]
+    lines = publish_dns.zone_lines(records)
+    assert lines[0] == "s43.mail.example.com. 3600 IN A 127.0.0.43"
+    assert lines[1] == "43.0.0.127.in-addr.arpa. 3600 IN PTR s43.mail.example.com."
+    dkim_line = lines[records.index(find(records, "sel1._domainkey.example.com"))]
+    assert dkim_line.startswith('sel1._domainkey.example.com. 3600 IN TXT "v=DKIM1; k=rsa; p=')
+    assert dkim_line.count('" "') == 1  # two strings
+
+    # A real zone parser reads every line back to what the stack asked for.
+    zone = dns.zone.from_text("\n".join(lines), origin=dns.name.root, relativize=False, check_origin=False)
+    for expected in records:
+        rdataset = zone.find_rdataset(expected["name"] + ".", expected["type"])
+        assert rdataset.ttl == expected["ttl"]
+        values = [rdata_text(rdata) for rdata in rdataset]
+        assert expected["value"] in values
+
+
+def rdata_text(rdata) -> str:
+    if rdata.rdtype == dns.rdatatype.TXT:
+        assert all(len(s) <= 255 for s in rdata.strings)
+        return b"".join(rdata.strings).decode()
+    if rdata.rdtype == dns.rdatatype.PTR:
+        return rdata.target.to_text(omit_final_dot=True)
+    return rdata.to_text()
+
+
+def test_nsupdate_deletes_each_set_once_before_adding_and_sends_per_name():
+    records = sample_outputs()["dnsRecords"]
+    lines = [line for line in publish_dns.nsupdate_lines(records) if not line.startswith(";")]
+    assert lines[:3] == [
+        "update delete s43.mail.example.com. A",
+        "update delete s43.mail.example.com. TXT",
+        "update add s43.mail.example.com. 3600 A 127.0.0.43",
+    ]
+    assert lines[-1] == "send"
+    # Each name is its own message, so each may live in a different zone.
+    assert lines.count("send") == len({r["name"] for r in records})
+    deletes = [line for line in lines if line.startswith("update delete")]
+    assert len(deletes) == len(set(deletes)) == len({(r["name"], r["type"]) for r in records})
+    adds = [line.split(" ", 5) for line in lines if line.startswith("update add")]
+    assert len(adds) == len(records)
+    for _, _, name, ttl, type_, value in adds:
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, type_, value)
+        assert find(records, name.rstrip("."), type_)["value"] == rdata_text(rdata)
+
+
+def test_nsupdate_with_server_and_zone_sends_only_that_zone_in_one_message():
+    records = sample_outputs()["dnsRecords"]
+    lines = publish_dns.nsupdate_lines(records, server="127.0.0.153 5353", zone="example.org")
+    body = [line for line in lines if not line.startswith(";")]
+    assert body[:2] == ["server 127.0.0.153 5353", "zone example.org."]
+    assert body.count("send") == 1 and body[-1] == "send"
+    added = {line.split()[2] for line in body if line.startswith("update add")}
+    assert added == {"example.org.", "sel2._domainkey.example.org.", "_dmarc.example.org."}
+    assert any("left out" in line for line in lines)
+
+
+def test_zone_and_nsupdate_commands(capsys, outputs_file):
+    code, out, _ = run_main(capsys, "zone", outputs_file)
+    assert code == 0
+    assert out.splitlines() == publish_dns.zone_lines(sample_outputs()["dnsRecords"])
+
+    code, out, _ = run_main(capsys, "nsupdate", outputs_file, "--server", "ns1.example.com", "--zone", "example.com")
+    assert code == 0
+    assert "server ns1.example.com" in out.splitlines()
+    assert out.splitlines()[-1] == "send"
+
+
+def test_json_and_csv_are_flat_name_type_ttl_value(capsys, outputs_file):
+    records = sample_outputs()["dnsRecords"]
+    expected = [{"name": r["name"], "type": r["type"], "ttl": r["ttl"], "value": r["value"]} for r in records]
+
+    code, out, _ = run_main(capsys, "json", outputs_file)
+    assert code == 0
+    assert json.loads(out) == expected
+
+    code, out, _ = run_main(capsys, "csv", outputs_file)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [{**row, "ttl": int(row["ttl"])} for row in rows] == expected
+    assert find(rows, "sel1._domainkey.example.com")["value"] == DKIM_VALUE  # whole, unsplit
+
+
+def test_reads_outputs_from_stdin(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(sample_outputs())))
+    code, out, _ = run_main(capsys, "json", "-")
+    assert code == 0
+    assert len(json.loads(out)) == len(sample_outputs()["dnsRecords"])
+
+
+def test_stack_option_runs_pulumi_stack_output(capsys, monkeypatch, tmp_path):
+    # A stand-in `pulumi` on PATH that records its arguments and prints the outputs.
+    (tmp_path / "outputs.json").write_text(json.dumps(sample_outputs()))
+    fake = tmp_path / "pulumi"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\ncat {tmp_path}/outputs.json\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+    code, out, _ = run_main(capsys, "json", "--stack", "prod")
+    assert code == 0
+    assert len(json.loads(out)) == len(sample_outputs()["dnsRecords"])
+    assert (tmp_path / "args").read_text().split() == ["stack", "output", "--json", "--stack", "prod"]
+
+
+def test_bad_input_exits_2_with_a_reason(capsys, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"dnsRecords": "[secret]", "instances": {}}))
+    code, _, err = run_main(capsys, "zone", secret)
+    assert code == 2 and "--show-secrets" in err
+
+    unknown_type = tmp_path / "mx.json"
+    unknown_type.write_text(json.dumps({"dnsRecords": [record("example.com", "MX", "10 mx.example.com", "mx")]}))
+    code, _, err = run_main(capsys, "zone", unknown_type)
+    assert code == 2 and "unsupported type 'MX'" in err
+
+    code, _, err = run_main(capsys, "zone", tmp_path / "absent.json")
+    assert code == 2 and "cannot read" in err
+
+
+# ---- comparing answers (no network) --------------------------------------------------------
+
+Answer = publish_dns.Answer
+SPF = record("example.com", "TXT", "v=spf1 ip4:127.0.0.43 -all", "SPF")
+
+
+def test_compare_txt_matches_only_the_exact_spf_among_other_txt():
+    verification = "google-site-verification=abc"
+    assert publish_dns.compare_record(SPF, Answer([verification, SPF["value"]])).status == "present"
+
+    wrong = publish_dns.compare_record(SPF, Answer([verification, "v=spf1 ip4:127.0.0.43 ~all"]))
+    assert wrong.status == "different"
+    assert wrong.found == ["v=spf1 ip4:127.0.0.43 ~all"]  # the unrelated TXT is not blamed
+
+    assert publish_dns.compare_record(SPF, Answer([verification])).status == "missing"
+    assert publish_dns.compare_record(SPF, Answer()).status == "missing"
+
+
+def test_compare_flags_two_spf_records_even_when_one_is_right():
+    result = publish_dns.compare_record(SPF, Answer([SPF["value"], "v=spf1 -all"]))
+    assert result.status == "different"
+    assert "2 SPF records" in result.note
+
+
+def test_compare_dkim_ignores_whitespace_in_the_key():
+    dkim = record("sel1._domainkey.example.com", "TXT", DKIM_VALUE, "DKIM")
+    compact = DKIM_VALUE.replace("; ", ";").replace("p=", "p= ")
+    spaced = compact[:200] + " " + compact[200:]
+    assert publish_dns.compare_record(dkim, Answer([spaced])).status == "present"
+    other_key = DKIM_VALUE[:-4] + "AAAA"
+    assert publish_dns.compare_record(dkim, Answer([other_key])).status == "different"
+
+
+def test_compare_ptr_and_a():
+    ptr = record("43.0.0.127.in-addr.arpa", "PTR", "s43.mail.example.com", "reverse DNS")
+    assert publish_dns.compare_record(ptr, Answer(["S43.Mail.Example.com."])).status == "present"
+    assert publish_dns.compare_record(ptr, Answer(["other.example.com."])).status == "different"
+    a = record("s43.mail.example.com", "A", "127.0.0.43", "address")
+    assert publish_dns.compare_record(a, Answer(["127.0.0.9", "127.0.0.43"])).status == "present"
+    failed = publish_dns.compare_record(a, Answer(error="timed out"))
+    assert failed.status == "missing" and "timed out" in failed.note
+
+
+def test_confirm_reverse_needs_both_directions():
+    def lookup_from(table):
+        return lambda name, type_: Answer(table.get((name, type_), []))
+
+    ptr_name = "43.0.0.127.in-addr.arpa"
+    good = {(ptr_name, "PTR"): ["s43.mail.example.com."], ("s43.mail.example.com", "A"): ["127.0.0.43"]}
+    assert publish_dns.confirm_reverse("postfix-43", "127.0.0.43", "s43.mail.example.com", lookup_from(good)).ok
+
+    wrong_ptr = {**good, (ptr_name, "PTR"): ["other.example.com."]}
+    result = publish_dns.confirm_reverse("postfix-43", "127.0.0.43", "s43.mail.example.com", lookup_from(wrong_ptr))
+    assert not result.ok and "other.example.com" in result.note
+
+    no_a = {(ptr_name, "PTR"): ["s43.mail.example.com."]}
+    result = publish_dns.confirm_reverse("postfix-43", "127.0.0.43", "s43.mail.example.com", lookup_from(no_a))
+    assert not result.ok and "no A record" in result.note
+
+
+# ---- check against a real DNS server -------------------------------------------------------
+
+class _ZoneAnswers:
+    """Authoritative answers from zone text; NXDOMAIN for names it does not hold."""
+
+    def __init__(self, zone_text: str):
+        self.zone = dns.zone.from_text(zone_text, origin=dns.name.root, relativize=False, check_origin=False)
+
+    def respond(self, wire: bytes, max_size: int | None) -> bytes:
+        query = dns.message.from_wire(wire)
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        node = self.zone.get_node(question.name)
+        if node is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            rdataset = node.get_rdataset(question.rdclass, question.rdtype)
+            if rdataset is not None:
+                response.answer.append(dns.rrset.from_rdata_list(question.name, rdataset.ttl, list(rdataset)))
+        if max_size is None:
+            return response.to_wire()
+        if query.edns >= 0:
+            max_size = max(max_size, query.payload)
+        try:
+            return response.to_wire(max_size=max_size)
+        except dns.exception.TooBig:  # too big for UDP: say so, the client retries over TCP
+            response.answer = []
+            response.flags |= dns.flags.TC
+            return response.to_wire()
+
+
+@contextlib.contextmanager
+def dns_server(zone_lines: list[str]):
+    """Serve the zone lines over UDP and TCP on SERVER_ADDRESS; yields the port."""
+    answers = _ZoneAnswers("\n".join(zone_lines))
+
+    class UdpHandler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            sock.sendto(answers.respond(data, 512), self.client_address)
+
+    class TcpHandler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while header := self.rfile.read(2):
+                query = self.rfile.read(struct.unpack("!H", header)[0])
+                reply = answers.respond(query, None)
+                self.wfile.write(struct.pack("!H", len(reply)) + reply)
+
+    class Udp(socketserver.ThreadingMixIn, socketserver.UDPServer):
+        daemon_threads = True
+
+    class Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    udp = Udp((SERVER_ADDRESS, 0), UdpHandler)
+    port = udp.server_address[1]
+    tcp = Tcp((SERVER_ADDRESS, port), TcpHandler)
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (udp, tcp)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield port
+    finally:
+        for server in (udp, tcp):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def check(capsys, outputs_file, port) -> tuple[int, str]:
+    code, out, _ = run_main(capsys, "check", outputs_file, "--nameserver", SERVER_ADDRESS,
+                            "--port", port, "--timeout", "3")
+    return code, out
+
+
+def served(change) -> list[str]:
+    """Zone lines of the sample records after `change(records)` edits them."""
+    records = copy.deepcopy(sample_outputs()["dnsRecords"])
+    change(records)
+    return publish_dns.zone_lines(records)
+
+
+def test_server_answers_the_long_dkim_record_over_tcp_too():
+    with dns_server(served(lambda records: None)) as port:
+        query = dns.message.make_query("sel1._domainkey.example.com.", "TXT")
+        response = dns.query.tcp(query, SERVER_ADDRESS, port=port, timeout=3)
+    assert b"".join(response.answer[0][0].strings).decode() == DKIM_VALUE
+
+
+def test_check_all_present_exits_0(capsys, outputs_file):
+    with dns_server(served(lambda records: None)) as port:
+        code, out = check(capsys, outputs_file, port)
+    assert code == 0, out
+    assert "12 records: 12 present, 0 missing, 0 different; FCrDNS: 2 of 2 instances confirmed" in out
+    assert "fcrdns ok  postfix-45  127.0.0.45 -> s45.mail.example.com -> 127.0.0.45" in out
+
+
+def test_check_reports_a_missing_dmarc_record(capsys, outputs_file):
+    def drop_dmarc(records):
+        records.remove(find(records, "_dmarc.example.org"))
+
+    with dns_server(served(drop_dmarc)) as port:
+        code, out = check(capsys, outputs_file, port)
+    assert code == 1
+    assert "missing   TXT _dmarc.example.org  v=DMARC1; p=none" in out
+    assert "1 missing" in out
+
+
+def test_check_shows_expected_and_found_for_a_wrong_spf(capsys, outputs_file):
+    def soften_spf(records):
+        find(records, "example.com")["value"] = "v=spf1 ip4:127.0.0.43 ~all"
+
+    with dns_server(served(soften_spf)) as port:
+        code, out = check(capsys, outputs_file, port)
+    assert code == 1
+    lines = out.splitlines()
+    at = lines.index("different TXT example.com  v=spf1 ip4:127.0.0.43 ip4:127.0.0.45 -all")
+    assert lines[at + 1] == "    expected: v=spf1 ip4:127.0.0.43 ip4:127.0.0.45 -all"
+    assert lines[at + 2] == "    found:    v=spf1 ip4:127.0.0.43 ~all"
+
+
+def test_check_fails_fcrdns_when_the_ptr_names_another_host(capsys, outputs_file):
+    def repoint_ptr(records):
+        find(records, "45.0.0.127.in-addr.arpa", "PTR")["value"] = "unrelated.example.net"
+
+    with dns_server(served(repoint_ptr)) as port:
+        code, out = check(capsys, outputs_file, port)
+    assert code == 1
+    assert "different PTR 45.0.0.127.in-addr.arpa" in out
+    assert ("fcrdns FAILED  postfix-45  PTR of 127.0.0.45: unrelated.example.net; "
+            "expected s45.mail.example.com") in out
+    assert "fcrdns ok  postfix-43" in out
+    assert "FCrDNS: 1 of 2 instances confirmed" in out
+
+
+def test_check_as_a_command_sets_the_exit_status(outputs_file):
+    with dns_server(served(lambda records: None)) as port:
+        ok = subprocess.run([sys.executable, TOOL, "check", outputs_file, "--nameserver", SERVER_ADDRESS,
+                             "--port", str(port), "--timeout", "3"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_check_reports_an_unreachable_server_as_missing(capsys, outputs_file):
+    # A port nothing listens on, on the same loopback address.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((SERVER_ADDRESS, 0))
+        closed_port = probe.getsockname()[1]
+    code, out, _ = run_main(capsys, "check", outputs_file, "--nameserver", SERVER_ADDRESS,
+                            "--port", closed_port, "--timeout", "0.2")
+    assert code == 1
+    assert "lookup failed" in out
+    assert "0 present" in out
