@@ -42,6 +42,16 @@ class Registration:
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG) == SECRET_VALUE:
+            return _unwrap(value["value"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
 def _secret_paths(value: Any, path: str = "") -> set[str]:
     if isinstance(value, dict):
         if value.get(SECRET_SIG) == SECRET_VALUE:
@@ -66,7 +76,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             registration = Registration(
                 type=request.type, name=request.name, urn=response.urn, parent=request.parent,
                 dependencies=list(request.dependencies),
-                inputs=rpc.deserialize_properties(request.object),
+                inputs=_unwrap(rpc.deserialize_properties(request.object)),
                 secret_inputs={p.split(".")[0].split("[")[0] for p in _secret_paths(raw)},
             )
             registration.outputs = self.resources.get(response.urn, (None, None, {}))[2] if request.custom else {}
@@ -76,15 +86,15 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def RegisterResourceOutputs(self, request):
         with self._lock:
-            self.component_outputs[request.urn] = rpc.deserialize_properties(request.outputs)
+            self.component_outputs[request.urn] = _unwrap(rpc.deserialize_properties(request.outputs))
         return super().RegisterResourceOutputs(request)
 
     # Queries for the tests.
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations.values() if r.type == type_]
 
-    def named(self, name: str) -> Registration:
-        matches = [r for r in self.registrations.values() if r.name == name]
+    def named(self, name: str, type_: str | None = None) -> Registration:
+        matches = [r for r in self.registrations.values() if r.name == name and type_ in (None, r.type)]
         assert len(matches) == 1, f"{len(matches)} resources named {name!r}: {sorted(self.registrations)}"
         return matches[0]
 

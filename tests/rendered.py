@@ -1,0 +1,23 @@
+"""Every file mailfleet renders for a stack, by the path it is installed to (tests only)."""
+
+from __future__ import annotations
+
+from mailfleet import render
+from mailfleet.config import Fleet
+
+VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGolden mailfleet"
+
+
+def rendered_files(fleet: Fleet) -> dict[str, str]:
+    files = dict(render.opendkim_files(fleet))
+    for host in fleet.hosts:
+        prefix = f"{host.name}/" if len(fleet.hosts) > 1 else ""
+        files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(host)
+        for instance in host.instances:
+            files[f"{render.instance_dir(instance)}/main.cf"] = render.instance_main_cf(fleet, instance)
+            files[f"{render.instance_dir(instance)}/master.cf"] = render.instance_master_cf(instance)
+        if not host.existing:
+            files[f"guestinfo/{host.name}/metadata.yaml"] = render.cloud_init_metadata(host)
+            files[f"guestinfo/{host.name}/userdata.yaml"] = render.cloud_init_userdata(
+                host, [VM_KEY, *fleet.ssh_authorized_keys])
+    return {path.lstrip("/"): content for path, content in files.items()}

@@ -1,0 +1,159 @@
+"""The whole program under Pulumi's mocks: resources, parents, ordering, secrets and outputs."""
+
+import base64
+import json
+
+import pytest
+import yaml
+
+from harness import REPO, run_program, stack_config
+from mailfleet import dns_records
+from shape_mocks import ShapeMocks
+
+SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0LWtleQ==\n-----END OPENSSH PRIVATE KEY-----\n"
+COMMAND = "command:remote:Command"
+
+
+def run_stack(stack: str, **overrides):
+    config, secret_keys = stack_config(REPO / f"Pulumi.{stack}.yaml", {"mailfleet:sshPrivateKey": SSH_KEY})
+    config.update(overrides)
+    return run_program(config, ShapeMocks(), secret_keys=secret_keys, stack=stack)
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return run_stack("prod")
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return run_stack("dev")
+
+
+def short(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def deps(run, name: str) -> set[str]:
+    return {short(urn) for urn in run.monitor.named(name).dependencies}
+
+
+def parent(run, name: str) -> str:
+    return short(run.monitor.named(name).parent)
+
+
+def test_prod_builds_a_vm_and_the_steps_in_order(prod):
+    assert parent(prod, "victorpostfix-preflight") == "victorpostfix"
+    vm = [r for r in prod.monitor.of_type("vsphere:index/virtualMachine:VirtualMachine")]
+    assert len(vm) == 1 and short(vm[0].parent) == "victorpostfix"
+    assert vm[0].inputs["numCpus"] == 2 and vm[0].inputs["memory"] == 4096
+    assert vm[0].inputs["clone"] == {"templateUuid": "4217a9c6-template-uuid"}
+    assert "victorpostfix" in deps(prod, "victorpostfix-preflight")  # waits for the VM
+    assert "victorpostfix-preflight" in deps(prod, "victorpostfix-packages")
+    assert "victorpostfix-packages" in deps(prod, "victorpostfix-postfix-default")
+    assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-keys")
+    assert "victorpostfix-opendkim-keys" in deps(prod, "victorpostfix-opendkim-config")
+    for name in ("postfix-43", "postfix-45"):
+        assert parent(prod, f"{name}-tls") == parent(prod, f"{name}-config") == name
+        assert {"victorpostfix-postfix-default", "victorpostfix-opendkim-config"} <= deps(prod, f"{name}-tls")
+        assert f"{name}-tls" in deps(prod, f"{name}-config")
+
+
+def test_vm_connection_uses_the_generated_key_and_first_ip(prod):
+    preflight = prod.monitor.named("victorpostfix-preflight")
+    connection = preflight.inputs["connection"]
+    assert (connection["host"], connection["user"]) == ("10.1.11.43", "mailfleet")
+    generated = prod.monitor.named("vm-ssh-key").outputs["privateKeyOpenssh"]
+    assert connection["privateKey"] == generated
+    assert "connection" in preflight.secret_inputs
+
+
+def test_vm_guestinfo_carries_every_ip_and_the_generated_key(prod):
+    (vm,) = prod.monitor.of_type("vsphere:index/virtualMachine:VirtualMachine")
+    extra = vm.inputs["extraConfig"]
+    assert extra["guestinfo.metadata.encoding"] == extra["guestinfo.userdata.encoding"] == "base64"
+    metadata = yaml.safe_load(base64.b64decode(extra["guestinfo.metadata"]))
+    assert metadata["network"]["ethernets"]["ens160"]["addresses"] == ["10.1.11.43/24", "10.1.11.45/24"]
+    userdata = yaml.safe_load(base64.b64decode(extra["guestinfo.userdata"]))
+    public_key = prod.monitor.named("vm-ssh-key").outputs["publicKeyOpenssh"].strip()
+    assert userdata["users"][0]["ssh_authorized_keys"] == [public_key]
+
+
+def test_dev_connects_to_the_existing_host_with_the_configured_key(dev):
+    assert not dev.monitor.of_type("vsphere:index/virtualMachine:VirtualMachine")
+    assert not [r for r in dev.monitor.registrations.values() if r.name == "vm-ssh-key"]
+    connection = dev.monitor.named("devpostfix-preflight").inputs["connection"]
+    assert (connection["host"], connection["user"], connection["port"]) == ("10.20.0.40", "root", 22)
+    assert connection["privateKey"] == SSH_KEY
+    assert "10.20.0.41 10.20.0.42" in dev.monitor.named("devpostfix-preflight").inputs["stdin"]
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_private_keys_stay_secret_into_every_command(stack, prod, dev):
+    run = {"prod": prod, "dev": dev}[stack]
+    commands = run.monitor.of_type(COMMAND)
+    for command in commands:
+        assert "connection" in command.secret_inputs, command.name
+        plain = {k: v for k, v in command.inputs.items() if k not in command.secret_inputs}
+        assert "PRIVATE KEY" not in json.dumps(plain), f"{command.name} carries a key in plain text"
+        assert "PRIVATE KEY" not in command.inputs["create"] + (command.inputs.get("delete") or "")
+    secret_steps = {c.name for c in commands if "stdin" in c.secret_inputs}
+    instances = [n for n in run.outputs["instances"]]
+    host = next(iter(run.outputs["instances"].values()))["host"]
+    assert secret_steps == {f"{host}-opendkim-keys", *(f"{i}-tls" for i in instances)}
+    dkim_keys = run.monitor.named(f"{host}-opendkim-keys").inputs["stdin"]
+    dkim_private = next(r for r in run.monitor.of_type("tls:index/privateKey:PrivateKey") if r.name.startswith("dkim-"))
+    assert dkim_private.outputs["privateKeyPem"] in dkim_keys
+
+
+def test_removing_an_instance_runs_a_delete_that_destroys_it(dev):
+    config = dev.monitor.named("postfix-dev1-config").inputs
+    assert "postmulti -i postfix-dev1 -e destroy" in config["delete"]
+    assert "still holds" in config["delete"]  # refuses while mail is queued
+    assert "rm -f /etc/mailfleet/tls/postfix-dev1.pem" in dev.monitor.named("postfix-dev1-tls").inputs["delete"]
+
+
+def test_components_register_their_outputs(prod):
+    components = [r for r in prod.monitor.registrations.values() if r.type.startswith("mailfleet:index:")]
+    assert {r.type.split(":")[-1] for r in components} == {
+        "MailHost", "VsphereVm", "DkimSigner", "PostfixInstance", "DkimKeys", "TlsCertificates"}
+    for component in components:
+        assert component.urn in prod.monitor.component_outputs, component.name
+    host_outputs = prod.monitor.component_outputs[prod.monitor.named("victorpostfix", "mailfleet:index:MailHost").urn]
+    assert host_outputs["instances"] == ["postfix-43", "postfix-45"]
+
+
+def test_outputs_follow_the_interface(prod):
+    assert set(prod.outputs) == {"dnsRecords", "dkimRecords", "zoneFile", "instances", "tlsCaCertPem"}
+    dkim_key = prod.monitor.named("dkim-selector1-tt5._domainkey.tt5.ecrm.com.tw")
+    assert dkim_key.inputs["rsaBits"] == 2048
+    assert prod.outputs["dkimRecords"] == {
+        "selector1-tt5._domainkey.tt5.ecrm.com.tw": dns_records.dkim_value(dkim_key.outputs["publicKeyPem"])}
+    assert prod.outputs["instances"] == {
+        "postfix-43": {"host": "victorpostfix", "ip": "10.1.11.43", "hostname": "s43.11.ecrm.com.tw"},
+        "postfix-45": {"host": "victorpostfix", "ip": "10.1.11.45", "hostname": "s45.11.ecrm.com.tw"}}
+    records = prod.outputs["dnsRecords"]
+    assert all(set(r) == {"name", "type", "value", "ttl", "purpose"} for r in records)
+    assert {"10.1.11.43", "s43.11.ecrm.com.tw"} <= {r["value"] for r in records}
+    assert len(prod.outputs["zoneFile"].splitlines()) == len(records) + 1
+    assert prod.outputs["tlsCaCertPem"] == prod.monitor.named("tls-ca").outputs["certPem"]
+    assert prod.monitor.named("tls-ca").inputs["isCaCertificate"] is True
+    cert = prod.monitor.named("tls-postfix-45-csr").inputs
+    assert cert["dnsNames"] == ["s45.11.ecrm.com.tw"]
+
+
+def test_provided_tls_serves_the_users_certificate_to_every_instance():
+    cert = "-----BEGIN CERTIFICATE-----\nd2lsZGNhcmQ=\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\ncHJvdmlkZWQ=\n-----END PRIVATE KEY-----\n"
+    run = run_stack("dev", **{"mailfleet:tls": json.dumps({"mode": "provided", "certPem": cert, "keyPem": key})})
+    assert run.outputs["tlsCaCertPem"] is None
+    assert not run.monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")
+    for name in ("postfix-dev1", "postfix-dev2"):
+        stdin = run.monitor.named(f"{name}-tls").inputs["stdin"]
+        assert key + cert in stdin
+
+
+def test_bad_config_stops_before_any_resource():
+    with pytest.raises(Exception) as error:
+        run_stack("dev", **{"mailfleet:relayNetworks": '["10.0.0.0/33"]'})
+    assert "mailfleet:relayNetworks[0]: '10.0.0.0/33' is not an IPv4 CIDR" in str(error.value)
