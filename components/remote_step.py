@@ -33,5 +33,8 @@ def remote_step(
         create=remote_scripts.runner(ssh_user),
         stdin=pulumi.Output.secret(script) if secret else script,
         delete=remote_scripts.inline_command(delete_script, ssh_user) if delete_script else None,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+        # Listing stdin keeps the copy the provider echoes back encrypted in the state too, and
+        # is the only secret mark a policy pack can see.
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on),
+                                    additional_secret_outputs=["stdin"] if secret else None),
     )

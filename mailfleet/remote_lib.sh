@@ -90,3 +90,10 @@ instance_exists() {
   directories=$(postconf -h multi_instance_directories 2>/dev/null || true)
   [[ " ${directories//,/ } " == *" /etc/$1 "* ]]
 }
+
+# Steps that edit /etc/postfix/main.cf take turns: postmulti create and destroy rewrite its
+# multi_instance_directories, and instance steps run in parallel, so concurrent edits lose entries.
+lock_default_main_cf() {
+  exec 9>/run/mailfleet-postfix.lock
+  flock -w 300 9 || fail "timed out waiting for another mailfleet step on this host"
+}

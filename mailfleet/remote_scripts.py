@@ -91,7 +91,8 @@ fi
 def default_instance(host: Host) -> str:
     """The default instance: 127.0.0.1 only, multi-instance on. multi_instance_directories belongs
     to postmulti (create and destroy edit it), so its current value is carried over."""
-    return _script("default Postfix instance", f"""directories=$(postconf -h multi_instance_directories 2>/dev/null || true)
+    return _script("default Postfix instance", f"""lock_default_main_cf
+directories=$(postconf -h multi_instance_directories 2>/dev/null || true)
 put_file /etc/postfix/main.cf root:root 0644 < <(cat <<'{_EOF}'
 {render.default_main_cf(host)}{_EOF}
 echo "multi_instance_directories = $directories")
@@ -159,7 +160,8 @@ def instance_tls_delete(instance: Instance) -> str:
 
 def instance_config(fleet: Fleet, instance: Instance) -> str:
     name, directory = instance.name, render.instance_dir(instance)
-    body = f"""if ! instance_exists {name}; then
+    body = f"""lock_default_main_cf
+if ! instance_exists {name}; then
   postmulti -I {name} -G mail -e create
   echo "created instance {name}"
 fi
@@ -181,7 +183,8 @@ ensure_service postfix@{name} "$action"
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     name, directory = instance.name, render.instance_dir(instance)
-    return _script(f"retire Postfix instance {name}", f"""if ! instance_exists {name}; then
+    return _script(f"retire Postfix instance {name}", f"""lock_default_main_cf
+if ! instance_exists {name}; then
   echo "instance {name} is already gone"
   exit 0
 fi
