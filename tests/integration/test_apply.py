@@ -1,0 +1,339 @@
+"""Apply for real: the real __main__.py deploys onto a systemd Debian host over SSH, then mail flows.
+
+The program runs under RealMocks: keys and certificates are really generated and every
+`remote.Command` really runs over SSH on the test host (a Debian 12 system booted with
+systemd-nspawn in a network namespace of this test's own). The tests run in file order and
+share one host: deploy, prove the mail path, re-apply, change, restart, remove.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import dkim
+import pytest
+
+from harness import run_program
+from integration.real_mocks import RealMocks, plain
+from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
+
+pytestmark = pytest.mark.integration
+
+INSTANCES = [
+    {"name": "postfix-43", "ip": "127.0.0.43", "hostname": "s43.mail.example.com"},
+    {"name": "postfix-45", "ip": "127.0.0.45", "hostname": "s45.mail.example.com"},
+    {"name": "postfix-47", "ip": "127.0.0.47", "hostname": "s47.mail.example.com"},
+]
+DOMAINS = {"example.com": "s1", "example.net": "s2"}
+RELAY_CLIENT = "198.51.100.7"  # inside relayNetworks; a documentation address on the namespace's lo
+SINK = "[127.0.0.1]:2525"
+MANAGED_FILES = "/etc/postfix /etc/postfix-4* /etc/mailfleet /etc/opendkim /etc/opendkim.conf"
+
+figures: dict[str, float] = {}
+
+
+def config_for(host: TestHost, instances=INSTANCES, **overrides) -> dict[str, str]:
+    config = {
+        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": instances}],
+        "mailfleet:sshPrivateKey": host.ssh_private_key,
+        "mailfleet:dkim": [{"domain": d, "selector": s} for d, s in DOMAINS.items()],
+        "mailfleet:relayNetworks": ["198.51.100.0/24"],
+        "mailfleet:relayhost": SINK,
+        "mailfleet:mailName": "WebMAX",
+        **overrides,
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+
+
+class StatefulMocks(RealMocks):
+    """Like the engine with its state: a resource whose inputs did not change keeps its outputs
+    (the same keys and certificates on every apply). Commands always run, which is stricter than
+    the engine, which runs only those whose inputs changed."""
+
+    def __init__(self, connect, state: dict):
+        super().__init__(connect)
+        self.state = state
+
+    def new_resource(self, args):
+        if args.typ == "command:remote:Command":
+            return super().new_resource(args)
+        fingerprint = json.dumps(plain(args.inputs), sort_keys=True, default=str)
+        previous = self.state.get((args.typ, args.name))
+        if previous and previous[0] == fingerprint:
+            return previous[1]
+        result = super().new_resource(args)
+        self.state[(args.typ, args.name)] = (fingerprint, result)
+        return result
+
+
+STATE: dict = {}
+
+
+def apply(host: TestHost, config: dict[str, str]):
+    mocks = StatefulMocks(host.connect, STATE)
+    started = time.monotonic()
+    run = run_program(config, mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="integration")
+    return run, mocks, time.monotonic() - started
+
+
+def step_output(mocks: RealMocks) -> str:
+    return "\n".join(e.get("stdout") or "" for e in mocks.log if e["type"] == "command:remote:Command")
+
+
+@pytest.fixture(scope="module")
+def host():
+    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT])
+    try:
+        test_host.start()
+    except TestHostUnavailable as error:
+        skip_or_fail(f"no test host: {error}")
+    yield test_host
+    test_host.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(host):
+    run, mocks, seconds = apply(host, config_for(host))
+    figures["first apply s"] = round(seconds, 1)
+    figures["remote commands"] = sum(1 for e in mocks.log if e["type"] == "command:remote:Command")
+    assert "installed postfix opendkim opendkim-tools" in step_output(mocks)
+    return {"run": run, "mocks": mocks}
+
+
+# ---- helpers that read the host ----
+
+def master_pid(host: TestHost, name: str) -> int:
+    directory = "/var/spool/postfix" if name == "-" else f"/var/spool/{name}"
+    return int(host.run(f"cat {directory}/pid/master.pid")[1].split()[0])
+
+
+def service_pids(host: TestHost) -> dict[str, int]:
+    pids = {i["name"]: master_pid(host, i["name"]) for i in INSTANCES if instance_listed(host, i["name"])}
+    pids["default"] = master_pid(host, "-")
+    pids["opendkim"] = int(host.run("systemctl show -p MainPID --value opendkim")[1])
+    return pids
+
+
+def file_states(host: TestHost) -> dict[str, str]:
+    """Path -> content hash, mode, owner and mtime of every file mailfleet manages."""
+    out = host.run(f"find {MANAGED_FILES} -type f -printf '%p %m %u %T@ ' -exec sha256sum {{}} \\; 2>/dev/null",
+                   check=False)[1]
+    return {line.split()[0]: " ".join(line.split()[1:5]) for line in out.splitlines() if line.strip()}
+
+
+def instance_listed(host: TestHost, name: str) -> bool:
+    return f" /etc/{name} " in f" {host.run('postconf -h multi_instance_directories')[1].replace(',', ' ').strip()} "
+
+
+def listeners(host: TestHost) -> dict[str, set[int]]:
+    """ip:port -> the master processes listening there. A Postfix service's children (smtpd) hold
+    its listening socket too, so each holder counts as its Postfix master: itself or its parent."""
+    parents = dict(tuple(map(int, line.split())) for line in host.run("ps -e -o pid=,ppid=")[1].splitlines())
+    masters = {int(p) for p in host.run("cat /var/spool/postfix*/pid/master.pid")[1].split()}
+    found: dict[str, set[int]] = {}
+    for line in host.run("ss -Hltnp")[1].splitlines():
+        holders = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        found[line.split()[3]] = {p if p in masters or p not in parents else parents[p] for p in holders}
+    return found
+
+
+def message(sender: str, subject: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = sender, "someone@example.org", subject
+    mail["Message-ID"] = make_msgid(domain=sender.split("@")[1])
+    mail["Date"] = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+    mail.set_content(f"{subject}\nsent through mailfleet's test host.\n")
+    return mail
+
+
+def submit(host: TestHost, ip: str, mail: EmailMessage, source: str = RELAY_CLIENT):
+    with host.smtp(ip, source=source) as client:
+        client.send_message(mail)
+
+
+def wait_for(host: TestHost, subject: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for received in host.sink_messages():
+            if f"Subject: {subject}" in received["data"]:
+                return received
+        time.sleep(0.5)
+    queue = host.run("for d in /etc/postfix-4*; do postqueue -c $d -p; done", check=False)[1]
+    raise AssertionError(f"{subject!r} did not reach the sink in {timeout}s; queues:\n{queue}")
+
+
+def verify_dkim(data: str, dkim_records: dict[str, str]) -> bool:
+    """Verify against the stack's dkimRecords output alone, no real DNS."""
+    def dnsfunc(name, timeout=5):
+        return dkim_records.get(name.decode().rstrip("."), "").encode()
+    return dkim.verify(data.encode(), dnsfunc=dnsfunc)
+
+
+def fleet_ca_context(deployed) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=deployed["run"].outputs["tlsCaCertPem"])
+    return context
+
+
+# ---- 1. banners and listeners ----
+
+def test_each_instance_answers_on_its_own_ip_with_its_hostname(host, deployed):
+    for instance in INSTANCES:
+        with host.connect(instance["ip"], 25) as sock:
+            banner = sock.recv(512).decode()
+            sock.sendall(b"QUIT\r\n")
+        assert banner.startswith(f"220 {instance['hostname']} ESMTP WebMAX"), banner
+
+
+def test_each_ip_port_has_exactly_one_listener_its_instance_master(host, deployed):
+    found = listeners(host)
+    for instance in INSTANCES:
+        pid = master_pid(host, instance["name"])
+        for port in (25, 587, 465):
+            assert found.get(f"{instance['ip']}:{port}") == {pid}, (instance["name"], port, found)
+    assert found.get("127.0.0.1:25") == {master_pid(host, "-")}
+    assert not any(address.startswith(("0.0.0.0:", "*:")) and address.endswith((":25", ":587", ":465"))
+                   for address in found), found
+
+
+# ---- 2. TLS ----
+
+def test_tls_on_25_587_465_with_a_certificate_for_the_instance_hostname(host, deployed):
+    for instance in INSTANCES:
+        context = fleet_ca_context(deployed)
+        for port in (25, 587):
+            with host.smtp(instance["ip"], port=port) as client:
+                client._host = instance["hostname"]  # the name the certificate must carry
+                client.starttls(context=context)
+                assert client.sock.version().startswith("TLS")
+        with host.smtp(instance["ip"], port=465, implicit_tls=True, ssl_context=context) as client:
+            assert client.sock.version().startswith("TLS")
+            assert client.sock.getpeercert()["subjectAltName"][0] == ("DNS", instance["hostname"])
+
+
+# ---- 3. signed mail leaves from the instance's own IP with its own HELO ----
+
+def test_mail_from_each_instance_and_domain_is_signed_and_sent_from_its_ip(host, deployed):
+    dkim_records = deployed["run"].outputs["dkimRecords"]
+    assert set(dkim_records) == {f"{s}._domainkey.{d}" for d, s in DOMAINS.items()}
+    host.clear_sink()
+    for instance in INSTANCES:
+        for domain in DOMAINS:
+            subject = f"signed {instance['name']} {domain}"
+            submit(host, instance["ip"], message(f"news@{domain}", subject))
+            received = wait_for(host, subject)
+            assert "DKIM-Signature:" in received["data"]
+            assert f"d={domain};" in received["data"].replace("\r\n\t", " ").replace("\n\t", " ")
+            assert verify_dkim(received["data"], dkim_records), subject
+            assert received["peer"] == instance["ip"], received["peer"]
+            assert received["helo"] == instance["hostname"]
+
+
+# ---- 4. no open relay ----
+
+def test_a_client_outside_relay_networks_cannot_relay(host, deployed):
+    host.clear_sink()
+    for instance in INSTANCES:
+        with host.smtp(instance["ip"], source=OUTSIDE_CLIENT_IP) as client:
+            client.ehlo("outside.example")
+            client.mail("spam@example.com")
+            code, reply = client.rcpt("victim@example.org")
+        assert code == 554 and b"Relay access denied" in reply, (code, reply)
+    time.sleep(2)
+    assert host.sink_messages() == []
+
+
+# ---- 5. OpenDKIM down: deferred, never unsigned, never lost ----
+
+def test_without_opendkim_mail_waits_and_leaves_signed_afterwards(host, deployed):
+    host.clear_sink()
+    host.run("systemctl stop opendkim")
+    try:
+        with host.smtp(INSTANCES[0]["ip"], source=RELAY_CLIENT) as client:
+            client.ehlo("client.example")
+            code, reply = client.mail("news@example.com")
+        assert 400 <= code < 500, (code, reply)
+        local = message("news@example.com", "held while opendkim is down")
+        host.run("postmulti -i postfix-45 -x sendmail -t -f news@example.com <<'EOF'\n"
+                 + local.as_string() + "\nEOF")
+        time.sleep(3)
+        assert host.sink_messages() == []  # nothing left unsigned
+    finally:
+        host.run("systemctl start opendkim")
+    received = wait_for(host, "held while opendkim is down", timeout=120)
+    assert verify_dkim(received["data"], deployed["run"].outputs["dkimRecords"])
+    assert received["peer"] == INSTANCES[1]["ip"]
+
+
+# ---- 6. re-apply changes nothing ----
+
+def test_reapply_changes_no_file_and_restarts_nothing(host, deployed):
+    files, pids = file_states(host), service_pids(host)
+    _, mocks, seconds = apply(host, config_for(host))
+    figures["re-apply s"] = round(seconds, 1)
+    assert file_states(host) == files
+    assert service_pids(host) == pids
+    output = step_output(mocks)
+    assert not re.search(r"^(changed|created|installed|started|reloaded|restarted|enabled|removed) ", output, re.M), output
+
+
+# ---- 7. one instance changed: only it changes ----
+
+def test_changing_one_instance_touches_only_that_instance(host, deployed):
+    files, pids = file_states(host), service_pids(host)
+    changed = [dict(i) for i in INSTANCES]
+    changed[2]["hostname"] = "s47b.mail.example.com"
+    _, mocks, _ = apply(host, config_for(host, instances=changed))
+    after, after_pids = file_states(host), service_pids(host)
+    differing = {path for path in set(files) | set(after) if files.get(path) != after.get(path)}
+    assert differing == {"/etc/postfix-47/main.cf", "/etc/mailfleet/tls/postfix-47.pem"}, differing
+    assert {k: v for k, v in after_pids.items() if k != "postfix-47"} == \
+        {k: v for k, v in pids.items() if k != "postfix-47"}
+    assert "reloaded postfix@postfix-47" in step_output(mocks)
+    with host.smtp("127.0.0.47") as client:
+        assert client.docmd("NOOP")[0] == 250
+    rc, out, _ = host.run("postconf -c /etc/postfix-47 -h myhostname smtp_helo_name")
+    assert out.split() == ["s47b.mail.example.com", "s47b.mail.example.com"]
+    apply(host, config_for(host))  # back to the shared layout for the next tests
+
+
+# ---- 8. the host restarts: everything comes back by itself ----
+
+def test_after_a_reboot_every_instance_and_opendkim_come_back(host, deployed):
+    host.restart()
+    host.run("systemctl is-system-running --wait", check=False, timeout=120)
+    assert host.run("systemctl is-active opendkim")[1].strip() == "active"
+    found = listeners(host)
+    for instance in INSTANCES:
+        assert host.run(f"systemctl is-active postfix@{instance['name']}")[1].strip() == "active"
+        assert found.get(f"{instance['ip']}:25") == {master_pid(host, instance["name"])}
+    host.clear_sink()
+    submit(host, INSTANCES[2]["ip"], message("news@example.net", "after reboot"))
+    received = wait_for(host, "after reboot")
+    assert verify_dkim(received["data"], deployed["run"].outputs["dkimRecords"])
+
+
+# ---- 9. an instance removed from the config is retired; the others are untouched ----
+
+def test_removing_an_instance_retires_it_and_leaves_the_others(host, deployed):
+    files, pids = file_states(host), service_pids(host)
+    _, mocks, _ = apply(host, config_for(host, instances=INSTANCES[:2]))
+    removed = deployed["mocks"].commands
+    # The engine deletes what left the program, dependents first: the instance, then its TLS file.
+    for name in ("postfix-47-config", "postfix-47-tls"):
+        assert name not in mocks.commands
+        rc, out, err = mocks.run_remote(removed[name]["connection"], removed[name]["delete"])
+        assert rc == 0, err
+    assert not instance_listed(host, "postfix-47")
+    assert not any(a.startswith("127.0.0.47:") for a in listeners(host))
+    assert host.run("systemctl is-enabled postfix@postfix-47", check=False)[1].strip() != "enabled"
+    assert host.run("systemctl is-active postfix@postfix-47", check=False)[1].strip() != "active"
+    assert "postfix-47" not in host.run("postmulti -l")[1]
+    after = file_states(host)
+    left = {p: s for p, s in files.items() if "postfix-47" not in p and p != "/etc/postfix/main.cf"}
+    assert {p: after.get(p) for p in left} == left
+    assert {k: v for k, v in service_pids(host).items()} == {k: v for k, v in pids.items() if k != "postfix-47"}

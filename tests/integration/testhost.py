@@ -1,0 +1,433 @@
+"""A real Debian 12 host for integration tests: systemd in a container, in its own netns.
+
+`TestHost(ips=[...]).start()` gives a booted Debian bookworm system (real systemd as PID 1,
+sshd, dbus) running under systemd-nspawn inside a fresh network namespace that has only a
+loopback interface. The namespace's `lo` carries 127.0.0.1, every requested instance IP as a
+/32, and the documentation address 192.0.2.10 (an "outside" client for relay-denial tests).
+Nothing can leave the namespace: it has no other interface.
+
+The root filesystem is built once with debootstrap from the Debian mirror apt already uses on
+this machine, with postfix/opendkim/opendkim-tools downloaded (not installed) into its apt
+cache, so the program under test can `apt-get install` them with no network. It is cached as
+a tarball (IMAGE_VERSION) and every TestHost boots a fresh copy of it.
+
+The test process itself stays in the host namespace. `connect()` opens sockets inside the
+test namespace by switching only the calling thread into it for the `socket()` call, so
+paramiko (`run()`, `ssh_client()`) and smtplib (`smtp()`) work from ordinary test code.
+An aiosmtpd sink (mailsink.py) listens on 127.0.0.1:2525 inside the namespace and keeps every
+message it receives as JSON (`sink_messages()`).
+"""
+
+import atexit
+import ctypes
+import fcntl
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+IMAGE_VERSION = "1"  # bump whenever the rootfs recipe below changes
+SUITE = "bookworm"
+HOSTNAME = "mailtest"
+OUTSIDE_CLIENT_IP = "192.0.2.10"
+SINK_PORT = 2525
+BASE_PACKAGES = ["systemd-sysv", "dbus", "openssh-server", "iproute2", "ca-certificates"]
+MAIL_PACKAGES = ["postfix", "opendkim", "opendkim-tools"]
+HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
+              "ip": "iproute2", "zstd": "zstd"}
+SINK_SCRIPT = Path(__file__).with_name("mailsink.py")
+CLONE_NEWNET = 0x40000000
+# Without systemd as the host's PID 1 there is no machined or scope to register with.
+NSPAWN = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit"]
+# Numeric owners: the image's uids must not be remapped through this machine's user names.
+TAR = ["tar", "--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+
+
+class TestHostUnavailable(Exception):
+    """This machine cannot provide a test host (not root, tools or mirror missing)."""
+
+    __test__ = False
+
+
+def skip_or_fail(reason):
+    import pytest
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _run(cmd, timeout=600):
+    """Run a host command; its combined output is returned, or shown in the error."""
+    result = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, cmd, result.stdout)
+    return result.stdout
+
+
+def ensure_host_tools():
+    if os.geteuid() != 0:
+        raise TestHostUnavailable("not root: cannot debootstrap, nspawn or create namespaces")
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Lock timeout: other sessions on this machine may be running apt at the same time.
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "install", "-y",
+               "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
+        subprocess.run(install, env=env, capture_output=True, timeout=600)
+    still_missing = [tool for tool in HOST_TOOLS if not shutil.which(tool)]
+    if still_missing:
+        raise TestHostUnavailable(f"could not install {', '.join(still_missing)}")
+
+
+def debian_mirror():
+    """The Debian mirror this machine's apt uses for the main suite (one-line or deb822)."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+               *sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
+    for path in filter(Path.exists, sources):
+        if path.suffix == ".sources":
+            for stanza in path.read_text().split("\n\n"):
+                fields = dict(line.split(":", 1) for line in stanza.splitlines()
+                              if ":" in line and not line.startswith(("#", " ")))
+                fields = {key.strip().lower(): value.split() for key, value in fields.items()}
+                if "deb" in fields.get("types", []) and SUITE in fields.get("suites", []):
+                    return fields["uris"][0]
+        else:
+            for line in path.read_text().splitlines():
+                words = re.sub(r"\[.*?\]", "", line.split("#")[0]).split()  # drop [options]
+                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                    return words[1]
+    raise TestHostUnavailable(f"no Debian {SUITE} mirror in this machine's apt sources")
+
+
+def _write(path, text, mode=0o644):
+    path.unlink(missing_ok=True)  # debootstrap's copies can be symlinks or have odd modes
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _configure_rootfs(rootfs):
+    _write(rootfs / "etc/hostname", f"{HOSTNAME}\n")  # debootstrap copied this machine's
+    _write(rootfs / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n"
+                                 "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    # The namespace has no DNS server; fail fast on loopback rather than aim at this machine's.
+    _write(rootfs / "etc/resolv.conf", "nameserver 127.0.0.1\n")
+    _write(rootfs / "etc/apt/apt.conf.d/90mailfleet-testhost",
+           '// The booted test host is offline: an accidental "apt-get update" fails at once.\n'
+           'Acquire::Retries "0";\n')
+    _write(rootfs / "etc/ssh/sshd_config.d/mailfleet-testhost.conf",
+           "PermitRootLogin prohibit-password\nPasswordAuthentication no\n")
+    (rootfs / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+
+
+def _build_image(tarball):
+    build_dir = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
+    rootfs = build_dir / "rootfs"
+    in_rootfs = [*NSPAWN, "--setenv=DEBIAN_FRONTEND=noninteractive", "-D", rootfs, "--"]
+    try:
+        _run(["debootstrap", "--variant=minbase", SUITE, rootfs, debian_mirror()], timeout=900)
+        _run([*in_rootfs, "apt-get", "install", "-y", "--no-install-recommends", *BASE_PACKAGES])
+        _run([*in_rootfs, "apt-get", "clean"])  # the cache then holds only the mail packages
+        _run([*in_rootfs, "apt-get", "install", "-y", "--download-only", *MAIL_PACKAGES])
+        # Timers that would run apt during tests and hold the dpkg lock.
+        _run([*in_rootfs, "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer"])
+        _configure_rootfs(rootfs)
+        # With no network at all, apt must find every package it needs in the cache.
+        offline = [*NSPAWN, "--private-network", "--resolv-conf=off", "-D", rootfs, "--"]
+        plan = _run([*offline, "apt-get", "install", "-y", "--print-uris", *MAIL_PACKAGES])
+        if any(line.startswith("'") for line in plan.splitlines()):
+            raise TestHostUnavailable(f"mail packages not all cached in the image:\n{plan}")
+        partial = tarball.with_suffix(".partial")
+        _run([*TAR, "-C", rootfs, "-cf", partial, "."])
+        partial.rename(tarball)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        output = (getattr(error, "output", None) or "")[-3000:]
+        raise TestHostUnavailable(f"building the test rootfs failed: {error}\n{output}") from error
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def ensure_image():
+    """Path of the cached rootfs tarball, built first if needed (about a minute)."""
+    cache_dir = Path(os.environ.get("MAILFLEET_TESTHOST_CACHE", "/var/cache/mailfleet-testhost"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tarball = cache_dir / f"{SUITE}-v{IMAGE_VERSION}.tar.zst"
+    with open(cache_dir / "build.lock", "w") as lock:
+        deadline = time.monotonic() + 900  # a parallel run may be building the same image
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TestHostUnavailable(f"timed out waiting for {lock.name}")
+                time.sleep(1)
+        if not tarball.exists():
+            _build_image(tarball)
+    return tarball
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # Python 3.11 has no os.setns
+_setns_lock = threading.Lock()
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_socket(netns_path, host, port, source=None, timeout=10):
+    """A TCP socket connected to host:port inside the network namespace at netns_path.
+
+    A socket belongs to the namespace it was created in, and setns() affects only the
+    calling thread, so just this thread visits the namespace, for the socket() call.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # The lock is not needed for correctness (per-thread); it keeps switches strictly serial.
+    with _setns_lock, open("/proc/thread-self/ns/net") as home, open(netns_path) as target:
+        _setns(target.fileno())
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        finally:
+            _setns(home.fileno())
+    try:
+        sock.settimeout(timeout)
+        if source:
+            sock.bind((source, 0))
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class NetnsSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose connection is made inside the test host's namespace."""
+
+    def __init__(self, testhost, **kwargs):
+        self.testhost = testhost
+        super().__init__(**kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        source = self.source_address[0] if self.source_address else None
+        return self.testhost.connect(host, port, source, timeout)
+
+
+class NetnsSMTP_SSL(NetnsSMTP, smtplib.SMTP_SSL):
+    """Implicit TLS (port 465) variant: wraps the namespace socket in self.context."""
+
+    def _get_socket(self, host, port, timeout):
+        return self.context.wrap_socket(super()._get_socket(host, port, timeout),
+                                        server_hostname=self._host)
+
+
+def _terminate(process, timeout):
+    """SIGTERM by PID, SIGKILL if it outlives timeout; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+    return process.returncode
+
+
+class TestHost:
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, ips=()):
+        self.ips = list(ips)
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.ssh_private_key = key.private_bytes(serialization.Encoding.PEM,
+                                                 serialization.PrivateFormat.OpenSSH,
+                                                 serialization.NoEncryption()).decode()
+        self.ssh_public_key = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                            serialization.PublicFormat.OpenSSH).decode()
+        self.netns = self.workdir = self._nspawn = self._sink = self._ssh = None
+
+    @property
+    def rootfs(self):
+        return self.workdir / "rootfs"
+
+    @property
+    def netns_path(self):
+        return f"/run/netns/{self.netns}"
+
+    def start(self):
+        ensure_host_tools()
+        tarball = ensure_image()
+        atexit.register(self.stop)  # a crashed or interrupted run still cleans up
+        try:
+            # Unpacking is ~8 s on this disk and under 1 s on tmpfs (e.g. /dev/shm).
+            self.workdir = Path(tempfile.mkdtemp(prefix="mailfleet-testhost-",
+                                                 dir=os.environ.get("MAILFLEET_TESTHOST_TMPDIR") or None))
+            self.rootfs.mkdir()
+            (self.workdir / "sink").mkdir()
+            _run([*TAR, "-C", self.rootfs, "-xf", tarball])
+            _write(self.rootfs / "root/.ssh/authorized_keys", self.ssh_public_key + "\n", 0o600)
+            self._create_netns()
+            self._start_sink()
+            self._boot()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _create_netns(self):
+        for _ in range(20):
+            name = f"mf{random.randrange(10000):04d}"
+            if subprocess.run(["ip", "netns", "add", name], capture_output=True,
+                              timeout=30).returncode == 0:
+                self.netns = name
+                break
+        else:
+            raise TestHostUnavailable("could not create a network namespace")
+        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"], timeout=30)
+        for ip in [*self.ips, OUTSIDE_CLIENT_IP]:
+            _run(["ip", "-n", self.netns, "addr", "add", f"{ip}/32", "dev", "lo"], timeout=30)
+
+    def _spawn(self, cmd, log_name):
+        with open(self.workdir / log_name, "ab") as log:
+            # Own session: a Ctrl-C on the terminal must not hit the container or the sink.
+            return subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _start_sink(self):
+        self._sink = self._spawn(["ip", "netns", "exec", self.netns, sys.executable, SINK_SCRIPT,
+                                  "--dir", self.workdir / "sink", "--port", SINK_PORT], "sink.log")
+        self._wait_for_banner(self._sink, SINK_PORT, b"220", "sink.log")
+
+    def _boot(self):
+        self._nspawn = self._spawn([*NSPAWN, "--boot", "--capability=CAP_NET_ADMIN",
+                                    f"--network-namespace-path={self.netns_path}",
+                                    f"--machine={self.netns}", "--resolv-conf=off",
+                                    "-D", self.rootfs], "console.log")
+        self._wait_for_banner(self._nspawn, 22, b"SSH-", "console.log")
+        self.run("true")  # key login works, not just the banner
+
+    def _wait_for_banner(self, process, port, banner, log_name, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            try:
+                with self.connect("127.0.0.1", port, timeout=5) as sock:
+                    if sock.recv(64).startswith(banner):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        log = (self.workdir / log_name).read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"no {banner!r} on port {port} in the test host:\n{log}")
+
+    def _halt_container(self):
+        self._close_ssh()
+        # nspawn turns SIGTERM into a clean shutdown of the container's systemd.
+        code = _terminate(self._nspawn, timeout=90) if self._nspawn else 0
+        self._nspawn = None
+        return code
+
+    def restart(self):
+        """Clean reboot: shut the container's systemd down, boot the same rootfs again."""
+        code = self._halt_container()
+        if code != 0:
+            raise RuntimeError(f"container did not shut down cleanly (exit {code}):\n"
+                               + self.console_log()[-3000:])
+        self._boot()
+
+    def stop(self):
+        """Stop every process this host started (by PID), delete its namespace and files."""
+        atexit.unregister(self.stop)
+        self._halt_container()
+        if self._sink:
+            _terminate(self._sink, timeout=30)
+            self._sink = None
+        if self.netns:
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, timeout=30)
+            self.netns = None
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def connect(self, host, port, source=None, timeout=10):
+        """A TCP socket connected to host:port from inside the test namespace."""
+        return netns_socket(self.netns_path, host, port, source, timeout)
+
+    def ssh_client(self):
+        """A connected paramiko client, logged in as root (reused until restart/stop)."""
+        transport = self._ssh and self._ssh.get_transport()
+        if not (transport and transport.is_active()):
+            self._close_ssh()
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # new host every run
+            pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(self.ssh_private_key))
+            client.connect("127.0.0.1", 22, username="root", pkey=pkey,
+                           sock=self.connect("127.0.0.1", 22), look_for_keys=False,
+                           allow_agent=False, timeout=10, banner_timeout=30, auth_timeout=30)
+            self._ssh = client
+        return self._ssh
+
+    def _close_ssh(self):
+        if self._ssh:
+            self._ssh.close()
+            self._ssh = None
+
+    def run(self, command, check=True, timeout=300):
+        """Run a shell command as root in the container: (rc, stdout, stderr)."""
+        _, stdout, stderr = self.ssh_client().exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        rc = stdout.channel.recv_exit_status()
+        if check and rc != 0:
+            raise subprocess.CalledProcessError(rc, command, out, err)
+        return rc, out, err
+
+    def smtp(self, ip, port=25, source=None, implicit_tls=False, ssl_context=None, timeout=10):
+        """An smtplib client connected from inside the namespace, from `source` if given.
+
+        With implicit_tls and no ssl_context, smtplib's default applies: no verification.
+        """
+        kwargs = dict(host=ip, port=port, timeout=timeout,
+                      source_address=(source, 0) if source else None)
+        if implicit_tls:
+            return NetnsSMTP_SSL(self, context=ssl_context, **kwargs)
+        return NetnsSMTP(self, **kwargs)
+
+    def sink_messages(self):
+        """Messages the sink received, oldest first (see mailsink.py for the fields)."""
+        return [json.loads(path.read_text())
+                for path in sorted((self.workdir / "sink").glob("*.json"))]
+
+    def clear_sink(self):
+        for path in (self.workdir / "sink").glob("*.json"):
+            path.unlink()
+
+    def console_log(self):
+        """The container's console output (boot and shutdown messages)."""
+        return (self.workdir / "console.log").read_text(errors="replace")
