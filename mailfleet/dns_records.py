@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from mailfleet.config import DkimKey, Fleet
+from mailfleet.config import Fleet
 
 TTL = 3600
 TXT_CHUNK = 255  # a DNS character-string holds at most 255 bytes
@@ -55,28 +55,54 @@ def dns_records(fleet: Fleet, public_keys: dict[str, str]) -> list[dict]:
 
 
 def split_txt(value: str) -> list[str]:
-    """Cut a TXT value into character-strings of at most 255 bytes (values here are ASCII)."""
-    data = value.encode()
-    return [data[i:i + TXT_CHUNK].decode() for i in range(0, len(data), TXT_CHUNK)] or [""]
+    """Split TXT text into character-strings of at most 255 bytes (UTF-8), never inside a
+    character. Receivers join them back without separators, so the split points do not matter."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for char in value:
+        width = len(char.encode("utf-8"))
+        if size + width > TXT_CHUNK:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(char)
+        size += width
+    chunks.append("".join(current))
+    return chunks
 
 
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def quote_txt_chunk(chunk: str) -> str:
+    """One character-string in zone-file presentation format: quoted, with `"` and `\\` escaped
+    and bytes outside printable ASCII as \\DDD, which BIND and nsupdate both read."""
+    out = []
+    for byte in chunk.encode("utf-8"):
+        if byte in (0x22, 0x5C):
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def absolute(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+def presentation_value(record: dict) -> str:
+    """The RDATA as zone files and nsupdate write it."""
+    if record["type"] == "TXT":
+        return " ".join(quote_txt_chunk(chunk) for chunk in split_txt(record["value"]))
+    if record["type"] == "PTR":
+        return absolute(record["value"])
+    return record["value"]
 
 
 def zone_line(record: dict) -> str:
-    value = record["value"]
-    if record["type"] == "TXT":
-        value = " ".join(_quoted(part) for part in split_txt(value))
-    elif record["type"] == "PTR":
-        value = f"{value}."
-    return f"{record['name']}.\t{record['ttl']}\tIN\t{record['type']}\t{value}"
+    return f"{absolute(record['name'])} {record['ttl']} IN {record['type']} {presentation_value(record)}"
 
 
 def zone_file(records: list[dict]) -> str:
     header = "; mailfleet: records to publish, in BIND syntax with absolute names.\n"
     return header + "".join(f"{zone_line(r)}\n" for r in records)
 
-
-def key_names(keys: tuple[DkimKey, ...]) -> list[str]:
-    return [key.record_name for key in keys]

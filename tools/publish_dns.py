@@ -27,12 +27,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from pathlib import Path
+
 import dns.exception
 import dns.resolver
 import dns.reversename
 
-# A TXT record is a list of character-strings, each at most 255 bytes on the wire (RFC 1035 3.3).
-TXT_CHUNK_BYTES = 255
+# The zone-file formatting is the program's own (the zoneFile output), so both say the same.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mailfleet.dns_records import absolute, presentation_value, quote_txt_chunk, split_txt, zone_line  # noqa: E402
 SUPPORTED_TYPES = ("A", "PTR", "TXT")
 
 
@@ -101,54 +104,6 @@ def instances(outputs: dict) -> dict[str, dict]:
 
 
 # ---- formatting ----------------------------------------------------------------------------
-
-def split_txt(value: str) -> list[str]:
-    """Split TXT text into character-strings of at most 255 bytes (UTF-8), never inside a
-    character. Receivers join them back without separators, so the split points do not matter."""
-    chunks: list[str] = []
-    current: list[str] = []
-    size = 0
-    for char in value:
-        width = len(char.encode("utf-8"))
-        if size + width > TXT_CHUNK_BYTES:
-            chunks.append("".join(current))
-            current, size = [], 0
-        current.append(char)
-        size += width
-    chunks.append("".join(current))
-    return chunks
-
-
-def quote_txt_chunk(chunk: str) -> str:
-    """One character-string in zone-file presentation format: quoted, with `"` and `\\` escaped
-    and bytes outside printable ASCII as \\DDD, which BIND and nsupdate both read."""
-    out = []
-    for byte in chunk.encode("utf-8"):
-        if byte in (0x22, 0x5C):
-            out.append("\\" + chr(byte))
-        elif 0x20 <= byte < 0x7F:
-            out.append(chr(byte))
-        else:
-            out.append(f"\\{byte:03d}")
-    return '"' + "".join(out) + '"'
-
-
-def absolute(name: str) -> str:
-    return name if name.endswith(".") else name + "."
-
-
-def presentation_value(record: dict) -> str:
-    """The RDATA as zone files and nsupdate write it."""
-    if record["type"] == "TXT":
-        return " ".join(quote_txt_chunk(chunk) for chunk in split_txt(record["value"]))
-    if record["type"] == "PTR":
-        return absolute(record["value"])
-    return record["value"]
-
-
-def zone_line(record: dict) -> str:
-    return f"{absolute(record['name'])} {record['ttl']} IN {record['type']} {presentation_value(record)}"
-
 
 def zone_lines(records: Iterable[dict]) -> list[str]:
     return [zone_line(record) for record in records]
