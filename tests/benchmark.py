@@ -12,11 +12,12 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 from harness import run_program  # noqa: E402
+from keys import openssh_private_key  # noqa: E402
 from shape_mocks import ShapeMocks, _key_outputs  # noqa: E402
 
 SIZES = [(1, 2), (5, 8), (20, 16)]  # hosts x instances per host
 ONE_KEY = _key_outputs({"algorithm": "RSA", "rsaBits": 2048})
-SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+SSH_KEY = openssh_private_key()
 
 
 class FastMocks(ShapeMocks):

@@ -7,8 +7,9 @@ import pytest
 
 from harness import REPO, stack_config
 from mailfleet.config import ConfigError, parse_config
+from keys import openssh_private_key
 
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+KEY = openssh_private_key()
 
 VSPHERE_HOST = {
     "name": "mx1",

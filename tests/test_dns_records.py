@@ -9,8 +9,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import REPO, stack_config
 from mailfleet import dns_records
 from mailfleet.config import parse_config
+from keys import openssh_private_key, rsa_private_key
 
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+KEY = openssh_private_key()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_dkim_value_is_the_der_subject_public_key_info(rsa_key):
 
 def test_dkim_value_rejects_what_is_not_a_public_key():
     with pytest.raises(ValueError):
-        dns_records.dkim_value("-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----")
+        dns_records.dkim_value(rsa_private_key())
 
 
 def fleet_with_two_hosts():

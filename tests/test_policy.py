@@ -18,6 +18,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 import harness  # tests/ helpers: conftest puts tests/ and the repo root on sys.path
 from shape_mocks import ShapeMocks
+from keys import openssh_private_key, rsa_private_key
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
 sys.path.insert(0, str(POLICY_DIR))
@@ -25,8 +26,8 @@ import check_stack_file  # noqa: E402
 import mailfleet_policy as rules  # noqa: E402
 
 # Not a real key: the rule looks for the armour, as any leak would show it.
-PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAtest\n-----END RSA PRIVATE KEY-----\n"
-OPENSSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAtest\n-----END OPENSSH PRIVATE KEY-----\n"
+PRIVATE_KEY = rsa_private_key()
+OPENSSH_KEY = openssh_private_key()
 
 
 def resource(resource_type: str, name: str, props: dict, secret_outputs=()) -> ResourceValidationArgs:

@@ -10,8 +10,9 @@ from harness import REPO, stack_config
 from mailfleet import render
 from mailfleet.config import parse_config
 from rendered import rendered_files
+from keys import openssh_private_key
 
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+KEY = openssh_private_key()
 pytestmark = pytest.mark.skipif(not (shutil.which("postconf") and shutil.which("opendkim")),
                                 reason="Debian's postfix and opendkim are not installed (scripts/test installs them)")
 

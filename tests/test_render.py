@@ -10,9 +10,10 @@ from harness import REPO, stack_config
 from mailfleet import render
 from mailfleet.config import parse_config
 from rendered import rendered_files
+from keys import openssh_private_key
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+KEY = openssh_private_key()
 
 
 def fleet_of(stack: str):

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pulumi.runtime.sync_await import _ensure_event_loop
+from keys import pem_label
 
 sys.path.insert(0, os.path.dirname(__file__))
 from real_mocks import RealMocks  # noqa: E402
@@ -263,13 +264,13 @@ def test_private_keys_like_the_provider():
     mocks = RealMocks()
     out = run(mocks, program)
     rsa_pem, rsa_ssh, rsa_fp, _ = out["rsa"]
-    assert rsa_pem.startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert pem_label(rsa_pem) == "RSA PRIVATE KEY"  # PKCS#1, as the provider writes it
     assert serialization.load_pem_private_key(rsa_pem.encode(), None).key_size == 3072
     assert rsa_ssh.startswith("ssh-rsa ") and rsa_ssh.endswith("\n") and rsa_fp.startswith("SHA256:")
-    assert out["ec"][0].startswith("-----BEGIN EC PRIVATE KEY-----")
+    assert pem_label(out["ec"][0]) == "EC PRIVATE KEY"  # SEC1
     assert out["ec"][1].startswith("ecdsa-sha2-nistp384 ")
     assert out["ec224"][1:] == ["", "", "P224"]  # P224 has no SSH form; it is the default curve
-    assert out["ed"][0].startswith("-----BEGIN PRIVATE KEY-----")
+    assert pem_label(out["ed"][0]) == "PRIVATE KEY"  # PKCS#8
     assert "PRIVATE KEY" not in repr(mocks.log)
 
 
