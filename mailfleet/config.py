@@ -39,6 +39,12 @@ class Instance:
     name: str
     ip: str
     hostname: str
+    public_ip: str | None = None  # the address receivers see, when `ip` is behind one-to-one NAT
+
+    @property
+    def public_address(self) -> str:
+        """The address DNS names (A, PTR, SPF): what receivers see as the client."""
+        return self.public_ip or self.ip
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class DkimKey:
     domain: str
     selector: str
     bits: int = DKIM_MIN_BITS
+    algorithm: str = "rsa"  # or "ed25519" (RFC 8463; bits does not apply)
 
     @property
     def record_name(self) -> str:
@@ -130,6 +137,9 @@ class Fleet:
     queue: Queue = field(default_factory=Queue)
     tls: Tls = field(default_factory=Tls)
     dmarc: Dmarc = field(default_factory=Dmarc)
+    spf_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    spf_shared: str | None = None
+    allow_unsigned_senders: bool = False
 
     @property
     def instances(self) -> list[tuple[Host, Instance]]:
@@ -215,9 +225,10 @@ def _kind(value: Any) -> str:
 
 _TOP_LEVEL = {
     "hosts", "vsphere", "sshPrivateKey", "sshAuthorizedKeys", "dkim", "relayNetworks",
-    "relayhost", "mailName", "queue", "tls", "dmarc",
+    "relayhost", "mailName", "queue", "tls", "dmarc", "spfExtra", "spfShared", "allowUnsignedSenders",
 }
-_STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "tls", "dmarc"}
+_STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "tls", "dmarc",
+               "spfExtra", "allowUnsignedSenders"}
 
 
 def parse_config(raw: dict[str, Any]) -> Fleet:
@@ -272,6 +283,10 @@ def parse_config(raw: dict[str, Any]) -> Fleet:
         queue=_queue(check, values.get("queue", {})),
         tls=_tls(check, values.get("tls", {"mode": "selfSigned"})),
         dmarc=_dmarc(check, values.get("dmarc", {"policy": "none"})),
+        # Minimal reading of this round's keys; full validation comes with the typed model.
+        spf_extra={d: tuple(t) for d, t in (values.get("spfExtra") or {}).items()},
+        spf_shared=values.get("spfShared"),
+        allow_unsigned_senders=values.get("allowUnsignedSenders", False) is True,
     )
     _check_fleet_uniqueness(check, fleet)
     if check.problems:
@@ -382,7 +397,7 @@ def _instances(check: _Checker, path: str, value: Any, network: HostNetwork | No
     instances = []
     for i, item in enumerate(items):
         item_path = f"{path}[{i}]"
-        obj = check.mapping(item_path, item, {"name", "ip", "hostname"})
+        obj = check.mapping(item_path, item, {"name", "ip", "hostname", "publicIp"})
         if obj is None:
             continue
         name = check.text(item_path, obj, "name")
@@ -397,8 +412,9 @@ def _instances(check: _Checker, path: str, value: Any, network: HostNetwork | No
         hostname = check.fqdn(f"{item_path}.hostname", obj["hostname"]) if "hostname" in obj else None
         if "hostname" not in obj:
             check.problem(f"{item_path}.hostname", "is required: the FQDN that is this IP's PTR and HELO")
+        public_ip = check.ipv4(f"{item_path}.publicIp", obj["publicIp"]) if "publicIp" in obj else None
         if None not in (name, ip, hostname):
-            instances.append(Instance(name=name, ip=ip, hostname=hostname))
+            instances.append(Instance(name=name, ip=ip, hostname=hostname, public_ip=public_ip))
     return instances
 
 
@@ -448,7 +464,7 @@ def _dkim(check: _Checker, value: Any) -> list[DkimKey]:
     keys, seen = [], set()
     for i, item in enumerate(items):
         item_path = f"{path}[{i}]"
-        obj = check.mapping(item_path, item, {"domain", "selector", "bits"})
+        obj = check.mapping(item_path, item, {"domain", "selector", "bits", "algorithm"})
         if obj is None:
             continue
         domain = check.fqdn(f"{item_path}.domain", obj["domain"]) if "domain" in obj else None
@@ -468,7 +484,11 @@ def _dkim(check: _Checker, value: Any) -> list[DkimKey]:
             check.problem(item_path, f"duplicate DKIM key {selector}._domainkey.{domain}")
             continue
         seen.add((domain, selector))
-        keys.append(DkimKey(domain=domain, selector=selector, bits=bits))
+        algorithm = obj.get("algorithm", "rsa")
+        if algorithm not in ("rsa", "ed25519"):
+            check.problem(f"{item_path}.algorithm", f"{algorithm!r} must be rsa or ed25519")
+            continue
+        keys.append(DkimKey(domain=domain, selector=selector, bits=bits, algorithm=algorithm))
     return keys
 
 
