@@ -2,8 +2,17 @@
 
 `parse_config(raw)` takes the raw config map that Pulumi hands the program (full keys such as
 `mailfleet:hosts`; structured values arrive as JSON text) and returns a `Fleet`, or raises
-`ConfigError` listing every problem at once, each naming the key path. Nothing here knows Pulumi,
-so the program can stop before any resource is registered and the rules are tested as a table.
+`ConfigError` listing every problem at once, each naming the key path. `fleet_warnings(fleet)`
+lists what is allowed but probably wrong. Nothing here knows Pulumi, so the program can stop
+before any resource is registered and the rules are tested as a table.
+
+The stack config is a tree of pydantic models (camelCase aliases are the config keys). Checking
+takes two passes, so that every problem is reported at once and at its own index:
+1. the models: types, the rules of each value (`DnsName`, `SenderIPv4`, `SingleLine`, ...) and
+   the rules inside one object (a vSphere host needs `network`);
+2. `_relations`: rules across objects (unique names and IPs, an IP inside its host's network,
+   SPF terms and lookups), read from the raw values, each value re-checked on its own, so an
+   invalid entry elsewhere neither hides a duplicate nor shifts its index.
 """
 
 from __future__ import annotations
@@ -11,211 +20,32 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
+                      StrictStr, TypeAdapter, ValidationError, WithJsonSchema, model_validator)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 NAMESPACE = "mailfleet"
-
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_LABEL = re.compile(rf"^{_LABEL}$")
-_FQDN = re.compile(rf"^(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?$")
-_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_INSTANCE_NAME = re.compile(r"^postfix-[a-z0-9][a-z0-9-]*$")  # postmulti's own rule
-_INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_POSTFIX_TIME = re.compile(r"^[1-9][0-9]*[smhdw]?$")
-_EMAIL = re.compile(rf"^[^@\s;,!]+@{_FQDN.pattern[1:-1]}$")
-_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-\S+@openssh\.com) [A-Za-z0-9+/]+=*( .*)?$")
-_RELAYHOST = re.compile(r"^(?:\[(?P<bracketed>[^\]]+)\]|(?P<plain>[^:\[\]]+))(?::(?P<port>[0-9]+))?$")
 
 DKIM_MIN_BITS = 2048
 DKIM_MAX_BITS = 4096  # RFC 8301: verifiers need only handle keys up to 4096 bits
 DEFAULT_INTERFACE = "ens192"
 # The default Postfix instance listens here; no sender instance may take it.
 DEFAULT_INSTANCE_ADDRESS = "127.0.0.1"
+WIDEST_RELAY_PREFIX = 8  # a relay network wider than this lets a large part of the internet send
+SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
+CGNAT = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: behind the carrier's NAT
+_DOCUMENTATION = [ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    ip: str
-    hostname: str
-    public_ip: str | None = None  # the address receivers see, when `ip` is behind one-to-one NAT
+# ---- the rules of single values ------------------------------------------------------------
 
-    @property
-    def public_address(self) -> str:
-        """The address DNS names (A, PTR, SPF): what receivers see as the client."""
-        return self.public_ip or self.ip
-
-
-@dataclass(frozen=True)
-class VmSize:
-    cpus: int = 2
-    memory_mb: int = 4096
-    disk_gb: int = 20
-
-
-@dataclass(frozen=True)
-class HostNetwork:
-    interface: str
-    prefix_length: int
-    gateway: str
-    nameservers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    instances: tuple[Instance, ...]
-    address: str | None = None  # set: existing-host mode; unset: a VM is created on vSphere
-    ssh_user: str = "root"
-    ssh_port: int = 22
-    vm: VmSize | None = None
-    network: HostNetwork | None = None
-
-    @property
-    def existing(self) -> bool:
-        return self.address is not None
-
-
-@dataclass(frozen=True)
-class Vsphere:
-    datacenter: str
-    cluster: str
-    datastore: str
-    network: str
-    template: str
-    folder: str | None = None
-    resource_pool: str | None = None
-
-
-@dataclass(frozen=True)
-class DkimKey:
-    domain: str
-    selector: str
-    bits: int = DKIM_MIN_BITS
-    algorithm: str = "rsa"  # or "ed25519" (RFC 8463; bits does not apply)
-
-    @property
-    def record_name(self) -> str:
-        return f"{self.selector}._domainkey.{self.domain}"
-
-
-@dataclass(frozen=True)
-class Queue:
-    """Postfix queue settings; None keeps Postfix's default."""
-
-    maximal_queue_lifetime: str | None = None
-    maximal_backoff_time: str | None = None
-    destination_concurrency_limit: int | None = None
-    bounce_size_limit: int | None = None
-
-
-@dataclass(frozen=True)
-class Tls:
-    mode: str = "selfSigned"
-    cert_pem: str | None = None
-    key_pem: str | None = None
-    chain_pem: str | None = None
-
-
-@dataclass(frozen=True)
-class Dmarc:
-    policy: str = "none"
-    rua: str | None = None  # always "mailto:..." once parsed
-
-
-@dataclass(frozen=True)
-class Fleet:
-    hosts: tuple[Host, ...]
-    dkim: tuple[DkimKey, ...]
-    vsphere: Vsphere | None = None
-    ssh_private_key: str | None = None
-    ssh_authorized_keys: tuple[str, ...] = ()
-    relay_networks: tuple[str, ...] = ()
-    relayhost: str | None = None
-    mail_name: str = "Postfix"
-    queue: Queue = field(default_factory=Queue)
-    tls: Tls = field(default_factory=Tls)
-    dmarc: Dmarc = field(default_factory=Dmarc)
-    spf_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    spf_shared: str | None = None
-    allow_unsigned_senders: bool = False
-
-    @property
-    def instances(self) -> list[tuple[Host, Instance]]:
-        return [(host, instance) for host in self.hosts for instance in host.instances]
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-_MISSING = object()
-
-
-class _Checker:
-    """Collects problems while walking the raw values, so the user sees all of them at once."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, path: str, value: Any, known: set[str]) -> dict | None:
-        if not isinstance(value, dict):
-            self.problem(path, f"must be an object, got {_kind(value)}")
-            return None
-        for key in sorted(set(value) - known):
-            self.problem(f"{path}.{key}", f"unknown key (expected one of: {', '.join(sorted(known))})")
-        return value
-
-    def sequence(self, path: str, value: Any) -> list | None:
-        if not isinstance(value, list):
-            self.problem(path, f"must be a list, got {_kind(value)}")
-            return None
-        return value
-
-    def text(self, path: str, obj: dict, key: str, default: Any = _MISSING) -> str | None:
-        value = obj.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            if default is _MISSING:
-                self.problem(f"{path}.{key}", "is required")
-            return None if default is _MISSING else default
-        if not isinstance(value, str) or not value.strip():
-            self.problem(f"{path}.{key}", f"must be a non-empty string, got {_kind(value)}")
-            return None
-        return value
-
-    def integer(self, path: str, obj: dict, key: str, default: Any, low: int, high: int) -> int | None:
-        value = obj.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            if default is _MISSING:
-                self.problem(f"{path}.{key}", "is required")
-                return None
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(f"{path}.{key}", f"must be an integer, got {_kind(value)}")
-            return None
-        if not low <= value <= high:
-            self.problem(f"{path}.{key}", f"{value} is out of range ({low} to {high})")
-            return None
-        return value
-
-    def ipv4(self, path: str, value: Any) -> str | None:
-        try:
-            return str(ipaddress.IPv4Address(value))
-        except (ipaddress.AddressValueError, ValueError, TypeError):
-            self.problem(path, f"{value!r} is not an IPv4 address")
-            return None
-
-    def fqdn(self, path: str, value: Any) -> str | None:
-        if isinstance(value, str) and len(value) <= 253 and _FQDN.match(value.lower().rstrip(".")):
-            return value.lower().rstrip(".")
-        self.problem(path, f"{value!r} is not a fully qualified domain name")
-        return None
+def _problem(message: str, at: str = "") -> PydanticCustomError:
+    """A problem in the project's words; `at` extends the key path (".gateway", "[1]")."""
+    return PydanticCustomError("mailfleet", "{message}", {"message": message, "at": at})
 
 
 def _kind(value: Any) -> str:
@@ -223,407 +53,901 @@ def _kind(value: Any) -> str:
             float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
-_TOP_LEVEL = {
-    "hosts", "vsphere", "sshPrivateKey", "sshAuthorizedKeys", "dkim", "relayNetworks",
-    "relayhost", "mailName", "queue", "tls", "dmarc", "spfExtra", "spfShared", "allowUnsignedSenders",
-}
+def _schema(**schema: Any) -> Field:
+    return Field(json_schema_extra=schema)
+
+
+def _rule(check: Callable[[Any], Any], schema: dict[str, Any] | None = None, base: Any = StrictStr) -> Any:
+    """A reusable annotated type: `base`, then `check` (which returns the normalized value)."""
+    return Annotated[base, AfterValidator(check), Field(json_schema_extra=schema or {})]
+
+
+def _single_line(value: str) -> str:
+    # str.isprintable() is False for every control character (\n, \r, \t, \x00, \x7f, \u2028, ...):
+    # one of them in a value breaks main.cf, the OpenDKIM tables, a remote script or cloud-init.
+    if not value.isprintable():
+        raise _problem(f"{value!r} contains a control character (e.g. a newline)")
+    return value
+
+
+def _nonempty_line(value: str) -> str:
+    _single_line(value)
+    if not value.strip():
+        raise _problem(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+_NO_CONTROL = r"^[^\u0000-\u001f\u007f]+$"
+SingleLine = _rule(_nonempty_line, {"pattern": _NO_CONTROL})
+"""A non-empty string on one line, without control characters anywhere."""
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_TOP_LABEL = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FQDN = re.compile(rf"(?:{_LABEL}\.)+{_TOP_LABEL}")
+_DNS_LABEL = re.compile(_LABEL)
+
+
+def _fqdn(value: str) -> str:
+    _single_line(value)
+    name = value.lower().removesuffix(".")
+    if len(name) > 253 or not _FQDN.fullmatch(name):
+        raise _problem(f"{value!r} is not a fully qualified domain name")
+    return name
+
+
+def _pattern(regex: str) -> str:
+    """A JSON-schema pattern (ECMA: searched, so anchored here) for a Python fullmatch regex."""
+    return f"^(?:{regex})$"
+
+
+DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?"), "maxLength": 254})
+"""A fully qualified domain name, lowercased, without the final dot."""
+
+
+def _dns_label(value: str) -> str:
+    _single_line(value)
+    if not _DNS_LABEL.fullmatch(value):
+        raise _problem(f"{value!r} is not a DNS label (lowercase letters, digits and '-', at most 63)")
+    return value
+
+
+DnsLabel = _rule(_dns_label, {"pattern": _pattern(_LABEL)})
+
+_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def _selector(value: str) -> str:
+    _single_line(value)
+    if not _SELECTOR.fullmatch(value):
+        raise _problem(f"{value!r} is not a DNS selector (lowercase labels separated by dots)")
+    return value
+
+
+Selector = _rule(_selector, {"pattern": _pattern(_SELECTOR.pattern)})
+
+_INSTANCE_NAME = re.compile(r"postfix-[a-z0-9][a-z0-9-]*")  # postmulti's own rule
+
+
+def _instance_name(value: str) -> str:
+    _single_line(value)
+    if not _INSTANCE_NAME.fullmatch(value):
+        raise _problem(f"{value!r} must match ^postfix-[a-z0-9][a-z0-9-]*$ (postmulti's rule)")
+    return value
+
+
+InstanceName = _rule(_instance_name, {"pattern": _pattern(_INSTANCE_NAME.pattern)})
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+
+
+def _interface(value: str) -> str:
+    _single_line(value)
+    if not _INTERFACE.fullmatch(value):
+        raise _problem(f"{value!r} is not a network interface name")
+    return value
+
+
+InterfaceName = _rule(_interface, {"pattern": _pattern(_INTERFACE.pattern)})
+
+_IPV4_PATTERN = _pattern(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                         r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def _ipv4(value: Any) -> ipaddress.IPv4Address:
+    # Only dotted text: ipaddress would take an integer ("IP" 167772161), a YAML typo's result.
+    if not isinstance(value, str):
+        raise _problem(f"{value!r} is not an IPv4 address (write it dotted, e.g. 192.0.2.43)")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise _problem(f"{value!r} is not an IPv4 address") from None
+
+
+def _unicast_ipv4(value: Any) -> str:
+    address = _ipv4(value)
+    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
+            or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise _problem(f"{address} is not a unicast host address")
+    return str(address)
+
+
+UnicastIPv4 = _rule(_unicast_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+"""A dotted IPv4 address of one host: not 0.0.0.0, multicast, 240/4, link-local or broadcast."""
+
+
+def _sender_ipv4(value: Any) -> str:
+    address = _ipv4(value)
+    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
+            or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise _problem(f"{address} cannot be a sender address")
+    return str(address)
+
+
+SenderIPv4 = _rule(_sender_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+"""An address mail can be sent from (and so listened on)."""
+
+
+def _instance_ip(value: str) -> str:
+    if value == DEFAULT_INSTANCE_ADDRESS:
+        raise _problem(f"{value} is reserved for the default (local-only) Postfix instance")
+    return value
+
+
+InstanceIp = Annotated[SenderIPv4, AfterValidator(_instance_ip)]
+
+
+def is_private(address: str) -> bool:
+    """RFC 1918, CGNAT (RFC 6598) or loopback: an address receivers never see as the client."""
+    ip = ipaddress.IPv4Address(address)
+    return ip in CGNAT or ip.is_loopback or (ip.is_private and not any(ip in n for n in _DOCUMENTATION))
+
+
+def _public_ipv4(value: str) -> str:
+    # Documentation networks (RFC 5737) stand for public addresses in examples and tests.
+    if is_private(value):
+        raise _problem(f"{value} is not a public address (private, CGNAT or loopback): publicIp is "
+                       "the address receivers see")
+    return value
+
+
+PublicIPv4 = Annotated[SenderIPv4, AfterValidator(_public_ipv4)]
+
+
+def _relay_network(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _problem(f"{value!r} is not an IPv4 CIDR")
+    _single_line(value)
+    try:
+        network = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as error:
+        hint = ""
+        try:
+            hint = f"; did you mean {ipaddress.IPv4Network(value, strict=False)}?"
+        except ValueError:
+            pass
+        raise _problem(f"{value!r} is not an IPv4 CIDR ({error}){hint}") from None
+    if network.prefixlen == 0:
+        raise _problem(f"{value!r} opens the relay to the whole internet: anyone could send, signed, "
+                       "from the fleet's IPs")
+    if network.prefixlen < WIDEST_RELAY_PREFIX:
+        raise _problem(f"{value!r} is wider than /{WIDEST_RELAY_PREFIX}: relay networks are your own "
+                       "clients, not a part of the internet")
+    return str(network)
+
+
+RelayNetwork = _rule(_relay_network, {"pattern": _pattern(
+    r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}/(?:[89]|[12][0-9]|3[0-2])")}, base=Any)
+
+_POSTFIX_TIME = re.compile(r"[1-9][0-9]*[smhdw]?")
+
+
+def _postfix_time(value: Any) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _POSTFIX_TIME.fullmatch(text):
+        raise _problem(f"{value!r} is not a positive Postfix time (a number with an optional s, m, h, d or w)")
+    return text
+
+
+PostfixTime = Annotated[Any, AfterValidator(_postfix_time), WithJsonSchema(
+    {"anyOf": [{"type": "string", "pattern": _pattern(_POSTFIX_TIME.pattern)}, {"type": "integer", "minimum": 1}]})]
+
+
+def int_range(low: int, high: int, why: str = "") -> Any:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise _problem(why.format(value=value) if why else f"{value} is out of range ({low} to {high})")
+        return value
+    return Annotated[int, BeforeValidator(_strict_int), AfterValidator(check),
+                     Field(json_schema_extra={"minimum": low, "maximum": high})]
+
+
+def _strict_int(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _problem(f"must be an integer, got {_kind(value)}")
+    return value
+
+
+def non_empty(what: str) -> Any:
+    """A list that must hold at least one item; `what` says what for the message."""
+    def check(items: Any) -> Any:
+        if not items:
+            raise _problem(f"must list at least one {what}")
+        return items
+    return AfterValidator(check)
+
+
+_MAIL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+
+
+def _mail_name(value: str) -> str:
+    if not _MAIL_NAME.fullmatch(value):
+        raise _problem(f"{value!r} must be 1 to 64 letters, digits, spaces, '.', '_' or '-'")
+    return value
+
+
+_SSH_PUBLIC_KEY = re.compile(r"(?:ssh-(?:ed25519|rsa)|ecdsa-sha2-nistp(?:256|384|521)|sk-\S+@openssh\.com) "
+                             r"[A-Za-z0-9+/]+=*(?: [^\x00-\x1f\x7f]*)?")
+
+
+def _ssh_public_key(value: str) -> str:
+    if not _SSH_PUBLIC_KEY.fullmatch(value):
+        raise _problem("is not an OpenSSH public key line (e.g. 'ssh-ed25519 AAAA... user@host')")
+    return value
+
+
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def _unix_user(value: str) -> str:
+    _single_line(value)
+    if not _UNIX_USER.fullmatch(value):
+        raise _problem(f"{value!r} is not a user name")
+    return value
+
+
+def _host_address(value: str) -> str:
+    _single_line(value)
+    try:
+        return _unicast_ipv4(value)
+    except PydanticCustomError:
+        pass
+    if _FQDN.fullmatch(value.lower()) or _DNS_LABEL.fullmatch(value.lower()):
+        return value
+    raise _problem(f"{value!r} is neither an IPv4 address nor a DNS name")
+
+
+_RELAYHOST = re.compile(r"(?:\[(?P<bracketed>[^\]]+)\]|(?P<plain>[^:\[\]]+))(?::(?P<port>[0-9]+))?")
+
+
+def _relayhost(value: str) -> str:
+    _single_line(value)
+    match = _RELAYHOST.fullmatch(value)
+    host = match and (match["bracketed"] or match["plain"])
+    if not host or not (_IPV4.fullmatch(host) or _FQDN.fullmatch(host.lower()) or _DNS_LABEL.fullmatch(host.lower())):
+        raise _problem(f"{value!r} is not a relay host: expected host, [host] or [host]:port")
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        raise _problem(f"port {match['port']} is out of range (1 to 65535)")
+    return value
+
+
+_IPV4 = re.compile(_IPV4_PATTERN[1:-1])
+_EMAIL = re.compile(rf"[^@\s;,!]+@{_FQDN.pattern}")
+
+
+def _mailto(value: str) -> str:
+    _single_line(value)
+    address = value.removeprefix("mailto:")
+    if not _EMAIL.fullmatch(address.lower()):
+        raise _problem(f"{value!r} is not a mail address (mailto:reports@example.com)")
+    return f"mailto:{address}"
+
+
+def _pem(marker: str, what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        # Never echo the value: it may be a secret.
+        if any(not (c.isprintable() or c in "\r\n") for c in value):
+            raise _problem("contains a control character other than line breaks")
+        if f"-----BEGIN " not in value or marker not in value:
+            raise _problem(f"is not {what} (no '-----BEGIN ...{marker}' block)")
+        return value
+    return check
+
+
+# ---- SPF terms (RFC 7208 5 and 6) ----------------------------------------------------------
+
+_MACRO = r"%\{[slodiphcrtv][0-9]*r?[.\-+,/_=]*\}|%[%_-]"
+_DOMAIN_SPEC = re.compile(rf"(?:{_MACRO}|[A-Za-z0-9_.-])+", re.IGNORECASE)
+_CIDR = re.compile(r"(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
+LOOKUP_MECHANISMS = ("include", "a", "mx", "ptr", "exists", "redirect")
+
+
+def _domain_spec(text: str) -> bool:
+    return bool(_DOMAIN_SPEC.fullmatch(text)) and "." in text and not text.startswith(".") \
+        and ".." not in text
+
+
+_A_MX_ARGUMENT = re.compile(r"(?::(?P<domain>[^/]+))?(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
+
+
+def _spf_term(value: str) -> str:
+    _single_line(value)
+    if " " in value:
+        raise _problem(f"{value!r} is more than one SPF term: list each on its own")
+    term = value.lower()
+    qualified = term[:1] in "+-~?"
+    name, rest = re.fullmatch(r"([a-z][a-z0-9_.-]*)?(.*)", term[1:] if qualified else term).groups()
+    if name == "all":
+        raise _problem(f"{value!r}: the record already ends with -all; another 'all' would change or cut it")
+    if name == "redirect":
+        raise _problem(f"{value!r}: a redirect is ignored in a record that has an 'all' (RFC 7208 6.1)")
+    if name == "v":
+        raise _problem(f"{value!r}: the version tag is the program's")
+    if name in ("include", "exists"):
+        ok = rest.startswith(":") and _domain_spec(rest[1:])
+    elif name in ("a", "mx"):
+        match = _A_MX_ARGUMENT.fullmatch(rest)
+        ok = bool(match) and (match["domain"] is None or _domain_spec(match["domain"])) \
+            and int(match["v4"] or 0) <= 32 and int(match["v6"] or 0) <= 128
+    elif name == "ptr":
+        ok = rest == "" or rest.startswith(":") and _domain_spec(rest[1:])
+    elif name in ("ip4", "ip6") and rest.startswith(":"):
+        try:
+            (ipaddress.IPv4Network if name == "ip4" else ipaddress.IPv6Network)(rest[1:], strict=False)
+            ok = True
+        except ValueError:
+            ok = False
+    else:  # a modifier: exp=, or one that receivers ignore (RFC 7208 6)
+        ok = bool(name) and not qualified and rest.startswith("=") and (name != "exp" or _domain_spec(rest[1:]))
+    if not ok:
+        raise _problem(f"{value!r} is not an SPF mechanism or modifier (RFC 7208: e.g. include:_spf.example.com, "
+                       "ip4:192.0.2.0/24, a, mx)")
+    return value
+
+
+SpfTerm = _rule(_spf_term, {"pattern": _pattern(r"[^\s]+")})
+
+
+def spf_lookups(term: str) -> int:
+    """DNS lookups a term costs the receiver by itself (an include also costs what it includes)."""
+    body = term.lower().lstrip("+-~?")
+    name = re.match(r"[a-z0-9_.-]*", body).group(0)
+    return 1 if name in LOOKUP_MECHANISMS else 0
+
+
+# ---- the models ----------------------------------------------------------------------------
+
+class _Model(BaseModel):
+    """Frozen (hashable: a DkimKey keys dicts), camelCase keys, unknown keys refused. Code may
+    build one with snake_case names too; the stack config may not (parse_config: by_name=False)."""
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel,
+                              validate_by_name=True, validate_by_alias=True)
+
+
+class Instance(_Model):
+    name: InstanceName
+    ip: InstanceIp
+    hostname: DnsName
+    public_ip: PublicIPv4 | None = Field(None, description="the address receivers see, when ip is behind one-to-one NAT")
+
+    @property
+    def public_address(self) -> str:
+        """The address DNS names (A, PTR, SPF): what receivers see as the client."""
+        return self.public_ip or self.ip
+
+
+class VmSize(_Model):
+    cpus: int_range(1, 128) = 2
+    memory_mb: int_range(1024, 1048576) = 4096
+    disk_gb: int_range(10, 65536) = 20
+
+
+class HostNetwork(_Model):
+    interface: InterfaceName = DEFAULT_INTERFACE
+    prefix_length: int_range(1, 32)
+    gateway: UnicastIPv4
+    nameservers: Annotated[tuple[UnicastIPv4, ...], non_empty("nameserver"), _schema(minItems=1)]
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.gateway}/{self.prefix_length}", strict=False)
+
+
+class Host(_Model):
+    name: DnsLabel
+    instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)]
+    address: Annotated[StrictStr, AfterValidator(_host_address)] | None = Field(
+        None, description="existing-host mode: SSH here; without it a VM is created on vSphere")
+    ssh_user: Annotated[StrictStr, AfterValidator(_unix_user)] = "root"
+    ssh_port: int_range(1, 65535) = 22
+    vm: VmSize | None = None
+    network: HostNetwork | None = None
+
+    @property
+    def existing(self) -> bool:
+        return self.address is not None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vm_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("address") is None and "vm" not in data:
+            data = {**data, "vm": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _mode(self) -> Host:
+        # By value, not by the keys given, so that code may copy a Host with all its fields.
+        if self.existing:
+            for field in ("vm", "network"):
+                if getattr(self, field) is not None:
+                    raise _problem("applies only to vSphere hosts (without an address)", f".{field}")
+        else:
+            for field, key, default in (("ssh_user", "sshUser", "root"), ("ssh_port", "sshPort", 22)):
+                if getattr(self, field) != default:
+                    raise _problem("applies only to existing hosts (with an address); created VMs are "
+                                   "reached as the generated 'mailfleet' user", f".{key}")
+            if self.network is None:
+                raise _problem("is required for a vSphere host: prefixLength, gateway and nameservers", ".network")
+        return self
+
+
+class Vsphere(_Model):
+    datacenter: SingleLine
+    cluster: SingleLine
+    datastore: SingleLine
+    network: SingleLine
+    template: SingleLine
+    folder: SingleLine | None = None
+    resource_pool: SingleLine | None = None
+
+
+class DkimKey(_Model):
+    domain: DnsName
+    selector: Selector
+    bits: int_range(DKIM_MIN_BITS, DKIM_MAX_BITS,
+                    f"{{value}} is not allowed: RSA keys must be {DKIM_MIN_BITS} to {DKIM_MAX_BITS} bits") = DKIM_MIN_BITS
+    algorithm: Literal["rsa", "ed25519"] = "rsa"  # ed25519: RFC 8463; bits does not apply
+
+    @model_validator(mode="after")
+    def _bits(self) -> DkimKey:
+        if "bits" in self.model_fields_set and self.algorithm != "rsa":
+            raise _problem(f"applies only to RSA keys (an {self.algorithm} key has a fixed size)", ".bits")
+        return self
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+class Queue(_Model):
+    """Postfix queue settings; None keeps Postfix's default."""
+
+    maximal_queue_lifetime: PostfixTime | None = None
+    maximal_backoff_time: PostfixTime | None = None
+    destination_concurrency_limit: int_range(1, 1000) | None = None
+    bounce_size_limit: int_range(1, 1 << 31) | None = None
+
+
+class Tls(_Model):
+    mode: Literal["selfSigned", "provided"] = "selfSigned"
+    cert_pem: Annotated[StrictStr, AfterValidator(_pem("CERTIFICATE-----", "PEM text"))] | None = None
+    key_pem: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "PEM text"))] | None = Field(None, repr=False)
+    chain_pem: Annotated[StrictStr, AfterValidator(_pem("CERTIFICATE-----", "PEM text"))] | None = None
+
+    @model_validator(mode="after")
+    def _provided(self) -> Tls:
+        given = self.model_fields_set
+        if self.mode == "selfSigned":
+            for field, key in (("cert_pem", "certPem"), ("key_pem", "keyPem"), ("chain_pem", "chainPem")):
+                if field in given:
+                    raise _problem("applies only with mode: provided", f".{key}")
+            return self
+        for field, key in (("cert_pem", "certPem"), ("key_pem", "keyPem")):
+            if getattr(self, field) is None:
+                raise _problem("is required with mode: provided", f".{key}")
+        problem = _key_matches_certificate(self.cert_pem, self.key_pem)
+        if problem:
+            raise _problem(*problem)
+        return self
+
+
+class Dmarc(_Model):
+    policy: Literal["none", "quarantine", "reject"] = "none"
+    rua: Annotated[StrictStr, AfterValidator(_mailto)] | None = Field(None, description="mailto: address for aggregate reports")
+
+
+class Fleet(_Model):
+    """The whole `mailfleet:` configuration of a stack (each field is one `mailfleet:KEY`)."""
+
+    hosts: Annotated[tuple[Host, ...], non_empty("host"), _schema(minItems=1)]
+    dkim: Annotated[tuple[DkimKey, ...], non_empty("{domain, selector}"), _schema(minItems=1)]
+    vsphere: Vsphere | None = None
+    ssh_private_key: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "a PEM or OpenSSH private key"))
+                               ] | None = Field(None, repr=False)
+    ssh_authorized_keys: tuple[Annotated[StrictStr, AfterValidator(_ssh_public_key)], ...] = ()
+    relay_networks: tuple[RelayNetwork, ...] = ()
+    relayhost: Annotated[StrictStr, AfterValidator(_relayhost)] | None = None
+    mail_name: Annotated[StrictStr, AfterValidator(_mail_name)] = "Postfix"
+    queue: Queue = Queue()
+    tls: Tls = Tls()
+    dmarc: Dmarc = Dmarc()
+    spf_extra: dict[DnsName, tuple[SpfTerm, ...]] = Field(
+        {}, description="per signing domain: SPF terms kept before -all, for the domain's other senders")
+    spf_shared: DnsName | None = Field(None, description="also publish the fleet's SPF record at this name")
+    allow_unsigned_senders: StrictBool = False
+
+    @property
+    def instances(self) -> list[tuple[Host, Instance]]:
+        return [(host, instance) for host in self.hosts for instance in host.instances]
+
+
+# ---- provided certificates -----------------------------------------------------------------
+
+def _key_matches_certificate(cert_pem: str, key_pem: str) -> tuple[str, str] | None:
+    """(message, key) when the provided key does not belong to the first certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_pem.encode())[0]
+    except ValueError as error:
+        return f"is not a PEM certificate ({error})", ".certPem"
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError):
+        return "is not an unencrypted PEM private key", ".keyPem"
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != certificate.public_key().public_bytes(der, spki):
+        return ("does not belong to the certificate in certPem (their public keys differ): 587 and 465 "
+                f"would fail every TLS handshake; certPem is for {_certificate_names(certificate) or 'no name'}"), ".keyPem"
+    return None
+
+
+def _certificate_names(certificate) -> list[str]:
+    from cryptography import x509
+
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return [n.lower() for n in names.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        return [a.value.lower() for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+
+
+def certificate_covers(names: Iterable[str], hostname: str) -> bool:
+    """RFC 6125: an exact name, or a wildcard for exactly one leftmost label."""
+    hostname = hostname.lower()
+    for name in names:
+        if name == hostname:
+            return True
+        if name.startswith("*.") and "." in hostname and hostname.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+# ---- reading the raw map, and the rules across objects -------------------------------------
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+_KEYS = {field.alias: name for name, field in Fleet.model_fields.items()}
+# Everything but plain strings arrives from Pulumi as JSON text.
 _STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "tls", "dmarc",
                "spfExtra", "allowUnsignedSenders"}
 
 
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
 def parse_config(raw: dict[str, Any]) -> Fleet:
-    """Validate the raw `mailfleet:*` config map; other namespaces (vsphere:, ...) are ignored."""
-    check = _Checker()
+    """Validate the raw `mailfleet:*` config map; other namespaces (vsphere:, ...) are ignored,
+    unless one is a typo of `mailfleet`."""
+    problems: list[str] = []
     values: dict[str, Any] = {}
+    unreadable: set[str] = set()
     for full_key, value in raw.items():
         namespace, _, key = full_key.partition(":")
         if namespace != NAMESPACE:
-            continue
-        if key not in _TOP_LEVEL:
-            check.problem(full_key, f"unknown key (expected one of: {', '.join(sorted(_TOP_LEVEL))})")
+            if _edit_distance(namespace.lower(), NAMESPACE) <= 2:
+                problems.append(f"{full_key}: namespace {namespace!r} is not {NAMESPACE!r}: did you mean "
+                                f"{NAMESPACE}:{key}? (this key would be ignored)")
             continue
         if key in _STRUCTURED and isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                check.problem(full_key, "must be structured YAML (a list or an object), got a plain string")
-                continue
+                problems.append(f"{full_key}: must be structured YAML (a list or an object), got a plain string")
+                unreadable.add(key)
         values[key] = value
 
-    hosts = _hosts(check, values.get("hosts", _MISSING))
-    dkim = _dkim(check, values.get("dkim", _MISSING))
-    vsphere = None
-    if any(not h.existing for h in hosts):
-        if "vsphere" in values:
-            vsphere = _vsphere(check, values["vsphere"])
-        else:
-            names = ", ".join(h.name for h in hosts if not h.existing)
-            check.problem("mailfleet:vsphere", f"is required: host(s) {names} have no address, so they are VMs to create")
-    elif "vsphere" in values:
-        _vsphere(check, values["vsphere"])  # still validated: a typo should not wait for the first VM
-
-    ssh_private_key = values.get("sshPrivateKey")
-    if ssh_private_key is not None and "PRIVATE KEY-----" not in str(ssh_private_key):
-        check.problem("mailfleet:sshPrivateKey", "is not a PEM or OpenSSH private key")
-        ssh_private_key = None
-    if ssh_private_key is None and "sshPrivateKey" not in values and any(h.existing for h in hosts):
-        names = ", ".join(h.name for h in hosts if h.existing)
-        check.problem("mailfleet:sshPrivateKey", f"is required to reach existing host(s) {names} "
-                      "(pulumi config set --secret mailfleet:sshPrivateKey < key)")
-
-    fleet = Fleet(
-        hosts=tuple(hosts),
-        dkim=tuple(dkim),
-        vsphere=vsphere,
-        ssh_private_key=ssh_private_key,
-        ssh_authorized_keys=tuple(_ssh_authorized_keys(check, values.get("sshAuthorizedKeys", []))),
-        relay_networks=tuple(_relay_networks(check, values.get("relayNetworks", []))),
-        relayhost=_relayhost(check, values.get("relayhost")),
-        mail_name=_mail_name(check, values.get("mailName", "Postfix")),
-        queue=_queue(check, values.get("queue", {})),
-        tls=_tls(check, values.get("tls", {"mode": "selfSigned"})),
-        dmarc=_dmarc(check, values.get("dmarc", {"policy": "none"})),
-        # Minimal reading of this round's keys; full validation comes with the typed model.
-        spf_extra={d: tuple(t) for d, t in (values.get("spfExtra") or {}).items()},
-        spf_shared=values.get("spfShared"),
-        allow_unsigned_senders=values.get("allowUnsignedSenders", False) is True,
-    )
-    _check_fleet_uniqueness(check, fleet)
-    if check.problems:
-        raise ConfigError(check.problems)
+    fleet = None
+    try:
+        fleet = Fleet.model_validate(values, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems += [problem for key, problem in _problems(error) if key not in unreadable]
+    problems += [f"{path}: {message}" for path, message in _relations(values)]
+    if problems:
+        raise ConfigError(problems)
     return fleet
 
 
-def _hosts(check: _Checker, value: Any) -> list[Host]:
-    path = "mailfleet:hosts"
-    if value is _MISSING:
-        check.problem(path, "is required: a list of hosts, each with its instances")
-        return []
-    items = check.sequence(path, value)
-    if items is None:
-        return []
-    if not items:
-        check.problem(path, "must list at least one host")
-    hosts = [_host(check, f"{path}[{i}]", item) for i, item in enumerate(items)]
-    return [h for h in hosts if h is not None]
-
-
-_HOST_KEYS = {"name", "address", "sshUser", "sshPort", "vm", "network", "instances"}
-
-
-def _host(check: _Checker, path: str, value: Any) -> Host | None:
-    obj = check.mapping(path, value, _HOST_KEYS)
-    if obj is None:
-        return None
-    name = check.text(path, obj, "name")
-    if name is not None and not _DNS_LABEL.match(name):
-        check.problem(f"{path}.name", f"{name!r} is not a DNS label (lowercase letters, digits and '-', at most 63)")
-    address = check.text(path, obj, "address", default=None)
-    if address is not None:
-        try:
-            ipaddress.IPv4Address(address)
-        except ValueError:
-            if not (_FQDN.match(address.lower()) or _DNS_LABEL.match(address.lower())):
-                check.problem(f"{path}.address", f"{address!r} is neither an IPv4 address nor a DNS name")
-    existing = address is not None
-    ssh_user = check.text(path, obj, "sshUser", default="root")
-    ssh_port = check.integer(path, obj, "sshPort", 22, 1, 65535)
-    if not existing:
-        for key in ("sshUser", "sshPort"):
-            if key in obj:
-                check.problem(f"{path}.{key}", "applies only to existing hosts (with an address); "
-                              "created VMs are reached as the generated 'mailfleet' user")
-    vm = network = None
-    if existing:
-        for key in ("vm", "network"):
-            if key in obj:
-                check.problem(f"{path}.{key}", "applies only to vSphere hosts (without an address)")
-    else:
-        vm = _vm(check, f"{path}.vm", obj.get("vm", {}))
-        if "network" in obj:
-            network = _network(check, f"{path}.network", obj["network"])
-        else:
-            check.problem(f"{path}.network", "is required for a vSphere host: prefixLength, gateway and nameservers")
-    instances = _instances(check, f"{path}.instances", obj.get("instances", _MISSING), network)
-    if name is None:
-        return None
-    return Host(name=name, address=address, ssh_user=ssh_user or "root", ssh_port=ssh_port or 22,
-                vm=vm, network=network, instances=tuple(instances))
-
-
-def _vm(check: _Checker, path: str, value: Any) -> VmSize:
-    obj = check.mapping(path, value, {"cpus", "memoryMb", "diskGb"}) or {}
-    defaults = VmSize()
-    return VmSize(
-        cpus=check.integer(path, obj, "cpus", defaults.cpus, 1, 128) or defaults.cpus,
-        memory_mb=check.integer(path, obj, "memoryMb", defaults.memory_mb, 1024, 1048576) or defaults.memory_mb,
-        disk_gb=check.integer(path, obj, "diskGb", defaults.disk_gb, 10, 65536) or defaults.disk_gb,
-    )
-
-
-def _network(check: _Checker, path: str, value: Any) -> HostNetwork | None:
-    obj = check.mapping(path, value, {"interface", "prefixLength", "gateway", "nameservers"})
-    if obj is None:
-        return None
-    interface = check.text(path, obj, "interface", default=DEFAULT_INTERFACE)
-    if interface is not None and not _INTERFACE.match(interface):
-        check.problem(f"{path}.interface", f"{interface!r} is not a network interface name")
-    prefix_length = check.integer(path, obj, "prefixLength", _MISSING, 1, 32)
-    gateway = check.ipv4(f"{path}.gateway", obj["gateway"]) if "gateway" in obj else None
-    if "gateway" not in obj:
-        check.problem(f"{path}.gateway", "is required")
-    nameservers = check.sequence(f"{path}.nameservers", obj.get("nameservers", []))
-    if nameservers == []:
-        check.problem(f"{path}.nameservers", "must list at least one nameserver")
-    resolved = [check.ipv4(f"{path}.nameservers[{i}]", ns) for i, ns in enumerate(nameservers or [])]
-    if None in (interface, prefix_length, gateway) or None in resolved:
-        return None
-    return HostNetwork(interface=interface, prefix_length=prefix_length, gateway=gateway,
-                       nameservers=tuple(resolved))
-
-
-def _instances(check: _Checker, path: str, value: Any, network: HostNetwork | None) -> list[Instance]:
-    if value is _MISSING:
-        check.problem(path, "is required: at least one {name, ip, hostname}")
-        return []
-    items = check.sequence(path, value)
-    if items is None:
-        return []
-    if not items:
-        check.problem(path, "must list at least one instance")
-    subnet = None
-    if network is not None:
-        subnet = ipaddress.IPv4Network(f"{network.gateway}/{network.prefix_length}", strict=False)
-    instances = []
-    for i, item in enumerate(items):
-        item_path = f"{path}[{i}]"
-        obj = check.mapping(item_path, item, {"name", "ip", "hostname", "publicIp"})
-        if obj is None:
+def _path(loc: tuple) -> str:
+    path = NAMESPACE
+    for i, part in enumerate(loc):
+        if part == "[key]":
             continue
-        name = check.text(item_path, obj, "name")
-        if name is not None and not _INSTANCE_NAME.match(name):
-            check.problem(f"{item_path}.name", f"{name!r} must match ^postfix-[a-z0-9][a-z0-9-]*$ (postmulti's rule)")
-            name = None
-        ip = check.ipv4(f"{item_path}.ip", obj["ip"]) if "ip" in obj else None
-        if "ip" not in obj:
-            check.problem(f"{item_path}.ip", "is required")
-        if ip is not None:
-            ip = _usable_instance_ip(check, f"{item_path}.ip", ip, subnet, network)
-        hostname = check.fqdn(f"{item_path}.hostname", obj["hostname"]) if "hostname" in obj else None
-        if "hostname" not in obj:
-            check.problem(f"{item_path}.hostname", "is required: the FQDN that is this IP's PTR and HELO")
-        public_ip = check.ipv4(f"{item_path}.publicIp", obj["publicIp"]) if "publicIp" in obj else None
-        if None not in (name, ip, hostname):
-            instances.append(Instance(name=name, ip=ip, hostname=hostname, public_ip=public_ip))
-    return instances
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += (":" if i == 0 else ".") + str(part)
+    return path
 
 
-def _usable_instance_ip(check, path, ip, subnet, network) -> str | None:
-    address = ipaddress.IPv4Address(ip)
-    if ip == DEFAULT_INSTANCE_ADDRESS:
-        check.problem(path, f"{ip} is reserved for the default (local-only) Postfix instance")
-    elif address.is_unspecified or address.is_multicast or address.is_link_local:
-        check.problem(path, f"{ip} cannot be a sender address")
-    elif subnet is not None and address not in subnet:
-        check.problem(path, f"{ip} is outside the host's network {subnet} (gateway {network.gateway}/{network.prefix_length})")
-    elif subnet is not None and subnet.prefixlen < 31 and address in (subnet.network_address, subnet.broadcast_address):
-        check.problem(path, f"{ip} is the network or broadcast address of {subnet}")
-    elif network is not None and ip == network.gateway:
-        check.problem(path, f"{ip} is the host's gateway")
-    else:
-        return ip
+def _problems(error: ValidationError) -> Iterator[tuple[Any, str]]:
+    """(top-level key, "path: message") for each error pydantic found, in the project's words."""
+    for item in error.errors(include_url=False):
+        loc, kind, value, context = item["loc"], item["type"], item.get("input"), item.get("ctx") or {}
+        path = _path(loc)
+        if kind == "mailfleet":
+            path += context.get("at", "")
+            message = context["message"]
+        elif kind == "missing":
+            field = _field_at(loc)
+            message = "is required" + (f": {field.description}" if field and field.description else "")
+        elif kind == "extra_forbidden":
+            parent = _field_at(loc[:-1])
+            model = _model_in(parent.annotation) if parent else Fleet
+            known = sorted(f.alias for f in model.model_fields.values()) if model else []
+            message = f"unknown key (expected one of: {', '.join(known)})"
+        elif kind == "string_type":
+            message = f"must be a string, got {_kind(value)}"
+        elif kind in ("list_type", "tuple_type"):
+            message = f"must be a list, got {_kind(value)}"
+        elif kind in ("dict_type", "model_type", "model_attributes_type"):
+            message = f"must be an object, got {_kind(value)}"
+        elif kind == "bool_type":
+            message = f"must be true or false, got {_kind(value)}"
+        elif kind == "literal_error":
+            message = f"{value!r} must be {context['expected'].replace(chr(39), '')}"
+        else:
+            message = item["msg"]
+        yield loc[0] if loc else None, f"{path}: {message}"
+
+
+def _field_at(loc: tuple) -> Any:
+    """The pydantic FieldInfo at `loc` in the Fleet tree, or None (for hints in messages)."""
+    model, field = Fleet, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return field
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_in(argument)
+        if found:
+            return found
     return None
 
 
-_VSPHERE_KEYS = {"datacenter", "cluster", "datastore", "network", "template", "folder", "resourcePool"}
+_ADAPTERS: dict[int, TypeAdapter] = {}
 
 
-def _vsphere(check: _Checker, value: Any) -> Vsphere | None:
-    path = "mailfleet:vsphere"
-    obj = check.mapping(path, value, _VSPHERE_KEYS)
-    if obj is None:
+def _valid(type_: Any, value: Any) -> Any:
+    """The value checked by one annotated type, or None when it is not valid (reported already)."""
+    adapter = _ADAPTERS.get(id(type_)) or _ADAPTERS.setdefault(id(type_), TypeAdapter(type_))
+    try:
+        return adapter.validate_python(value, by_alias=True, by_name=False)
+    except ValidationError:
         return None
-    required = {key: check.text(path, obj, key) for key in ("datacenter", "cluster", "datastore", "network", "template")}
-    folder = check.text(path, obj, "folder", default=None)
-    resource_pool = check.text(path, obj, "resourcePool", default=None)
-    if None in required.values():
-        return None
-    return Vsphere(**required, folder=folder, resource_pool=resource_pool)
 
 
-def _dkim(check: _Checker, value: Any) -> list[DkimKey]:
-    path = "mailfleet:dkim"
-    if value is _MISSING:
-        check.problem(path, "is required: at least one {domain, selector}")
-        return []
-    items = check.sequence(path, value)
-    if items is None:
-        return []
-    if not items:
-        check.problem(path, "must list at least one {domain, selector}")
-    keys, seen = [], set()
-    for i, item in enumerate(items):
-        item_path = f"{path}[{i}]"
-        obj = check.mapping(item_path, item, {"domain", "selector", "bits", "algorithm"})
-        if obj is None:
+def _items(value: Any) -> list[tuple[int, dict]]:
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Rules across objects, on the raw values, each value re-checked alone (see the module doc)."""
+    hosts = _items(values.get("hosts"))
+    first_seen: dict[tuple[str, str], str] = {}
+
+    def unique(kind: str, value: Any, path: str, key: str, what: str) -> Iterator[tuple[str, str]]:
+        if value is None:
+            return
+        first = first_seen.setdefault((kind, value), path)
+        if first != path:
+            yield f"{path}.{key}", f"duplicate {what} {value!r} (also {first})"
+
+    public_addresses: list[tuple[str, str]] = []
+    for h, host in hosts:
+        host_path = f"{NAMESPACE}:hosts[{h}]"
+        yield from unique("host", _valid(DnsLabel, host.get("name")), host_path, "name", "host name")
+        network = _valid(HostNetwork, host.get("network")) if host.get("address") is None else None
+        if network is not None:
+            yield from _network_sanity(network, f"{host_path}.network")
+        for i, instance in _items(host.get("instances")):
+            path = f"{host_path}.instances[{i}]"
+            name = _valid(InstanceName, instance.get("name"))
+            ip = _valid(InstanceIp, instance.get("ip"))
+            public_ip = _valid(PublicIPv4, instance.get("publicIp"))
+            yield from unique("name", name, path, "name", "instance name")
+            yield from unique("ip", ip, path, "ip", "instance ip")
+            yield from unique("hostname", _valid(DnsName, instance.get("hostname")), path, "hostname", "instance hostname")
+            if public_ip is not None:
+                yield from unique("public", public_ip, path, "publicIp", "public address")
+            elif ip is not None:
+                first_seen.setdefault(("public", ip), path)
+            if ip is not None and network is not None:
+                yield from _inside_network(ip, network, f"{path}.ip")
+            if ip is not None or public_ip is not None:
+                public_addresses.append((public_ip or ip, path))
+
+    vsphere_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is None]
+    if vsphere_hosts and "vsphere" not in values:
+        yield f"{NAMESPACE}:vsphere", (f"is required: host(s) {', '.join(vsphere_hosts)} have no address, "
+                                       "so they are VMs to create")
+    existing_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is not None]
+    if existing_hosts and values.get("sshPrivateKey") is None:
+        yield f"{NAMESPACE}:sshPrivateKey", (f"is required to reach existing host(s) {', '.join(existing_hosts)} "
+                                             "(pulumi config set --secret mailfleet:sshPrivateKey < key)")
+
+    dkim_domains: list[str] = []
+    seen_keys: set[tuple[str, str]] = set()
+    for i, item in _items(values.get("dkim")):
+        domain, selector = _valid(DnsName, item.get("domain")), _valid(Selector, item.get("selector"))
+        if domain is None or selector is None:
             continue
-        domain = check.fqdn(f"{item_path}.domain", obj["domain"]) if "domain" in obj else None
-        if "domain" not in obj:
-            check.problem(f"{item_path}.domain", "is required")
-        selector = check.text(item_path, obj, "selector")
-        if selector is not None and not _SELECTOR.match(selector):
-            check.problem(f"{item_path}.selector", f"{selector!r} is not a DNS selector (lowercase labels separated by dots)")
-            selector = None
-        bits = check.integer(item_path, obj, "bits", DKIM_MIN_BITS, 0, 1 << 20)
-        if bits is not None and not DKIM_MIN_BITS <= bits <= DKIM_MAX_BITS:
-            check.problem(f"{item_path}.bits", f"{bits} is not allowed: RSA keys must be {DKIM_MIN_BITS} to {DKIM_MAX_BITS} bits")
-            bits = None
-        if None in (domain, selector, bits):
+        dkim_domains.append(domain)
+        if (domain, selector) in seen_keys:
+            yield f"{NAMESPACE}:dkim[{i}]", f"duplicate DKIM key {selector}._domainkey.{domain}"
+        seen_keys.add((domain, selector))
+
+    yield from _spf(values, dkim_domains, public_addresses, hosts)
+
+
+def _network_sanity(network: HostNetwork, path: str) -> Iterator[tuple[str, str]]:
+    subnet = network.subnet
+    ends = {subnet.network_address: "network", subnet.broadcast_address: "broadcast"} if subnet.prefixlen < 31 else {}
+    gateway = ipaddress.IPv4Address(network.gateway)
+    if gateway in ends:
+        yield f"{path}.gateway", f"{gateway} is the {ends[gateway]} address of {subnet}, not a router"
+    seen: set[str] = set()
+    for n, nameserver in enumerate(network.nameservers):
+        address = ipaddress.IPv4Address(nameserver)
+        if address in ends:
+            yield f"{path}.nameservers[{n}]", f"{address} is the {ends[address]} address of {subnet}"
+        elif nameserver in seen:
+            yield f"{path}.nameservers[{n}]", f"duplicate nameserver {nameserver}"
+        seen.add(nameserver)
+
+
+def _inside_network(ip: str, network: HostNetwork, path: str) -> Iterator[tuple[str, str]]:
+    subnet, address = network.subnet, ipaddress.IPv4Address(ip)
+    if address not in subnet:
+        yield path, f"{ip} is outside the host's network {subnet} (gateway {network.gateway}/{network.prefix_length})"
+    elif subnet.prefixlen < 31 and address in (subnet.network_address, subnet.broadcast_address):
+        yield path, f"{ip} is the network or broadcast address of {subnet}"
+    elif ip == network.gateway:
+        yield path, f"{ip} is the host's gateway"
+
+
+def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list[tuple[str, str]],
+         hosts: list[tuple[int, dict]]) -> Iterator[tuple[str, str]]:
+    own = {f"ip4:{address}" for address, _ in public_addresses} | {f"ip4:{address}/32" for address, _ in public_addresses}
+    extra = values.get("spfExtra")
+    for raw_domain, terms in (extra.items() if isinstance(extra, dict) else []):
+        domain = _valid(DnsName, raw_domain)
+        path = f"{NAMESPACE}:spfExtra.{raw_domain}"
+        if domain is None:
             continue
-        if (domain, selector) in seen:
-            check.problem(item_path, f"duplicate DKIM key {selector}._domainkey.{domain}")
-            continue
-        seen.add((domain, selector))
-        algorithm = obj.get("algorithm", "rsa")
-        if algorithm not in ("rsa", "ed25519"):
-            check.problem(f"{item_path}.algorithm", f"{algorithm!r} must be rsa or ed25519")
-            continue
-        keys.append(DkimKey(domain=domain, selector=selector, bits=bits, algorithm=algorithm))
-    return keys
+        if dkim_domains and domain not in dkim_domains:
+            yield path, (f"{domain} is not a signing domain (mailfleet:dkim): the fleet publishes SPF only "
+                         f"for {', '.join(dict.fromkeys(dkim_domains))}")
+        valid_terms = [(t, _valid(SpfTerm, term)) for t, term in enumerate(terms if isinstance(terms, list) else [])]
+        seen: set[str] = set()
+        for t, term in valid_terms:
+            if term is None:
+                continue
+            plain = term.lower().lstrip("+")
+            if plain in own:
+                yield f"{path}[{t}]", f"{term!r} is one of the fleet's own addresses, already in the record"
+            elif plain in seen:
+                yield f"{path}[{t}]", f"duplicate SPF term {term!r}"
+            seen.add(plain)
+        lookups = sum(spf_lookups(term) for _, term in valid_terms if term is not None)
+        if lookups > SPF_LOOKUP_LIMIT:
+            yield path, (f"{lookups} terms that cost a DNS lookup (include, a, mx, ptr, exists, redirect) "
+                         f"exceed SPF's limit of {SPF_LOOKUP_LIMIT} (RFC 7208 4.6.4), and receivers then fail "
+                         "the whole record; this counts the record's own terms only: each include also costs "
+                         "the lookups of the record it includes")
+
+    shared = _valid(DnsName, values.get("spfShared")) if "spfShared" in values else None
+    if shared is not None:
+        path = f"{NAMESPACE}:spfShared"
+        hostnames = {_valid(DnsName, i.get("hostname")) for _, h in hosts for _, i in _items(h.get("instances"))}
+        if shared in dkim_domains:
+            yield path, f"{shared} is a signing domain, which already has the fleet's SPF record; use another name"
+        elif shared in hostnames:
+            yield path, f"{shared} is an instance hostname, which has its own SPF record (v=spf1 a -all)"
 
 
-def _ssh_authorized_keys(check: _Checker, value: Any) -> list[str]:
-    path = "mailfleet:sshAuthorizedKeys"
-    items = check.sequence(path, value) or []
-    good = []
-    for i, key in enumerate(items):
-        if isinstance(key, str) and _SSH_PUBLIC_KEY.match(key.strip()):
-            good.append(key.strip())
-        else:
-            check.problem(f"{path}[{i}]", "is not an OpenSSH public key line (e.g. 'ssh-ed25519 AAAA... user@host')")
-    return good
+# ---- warnings --------------------------------------------------------------------------------
 
-
-def _relay_networks(check: _Checker, value: Any) -> list[str]:
-    path = "mailfleet:relayNetworks"
-    items = check.sequence(path, value) or []
-    networks = []
-    for i, item in enumerate(items):
-        try:
-            networks.append(str(ipaddress.IPv4Network(item, strict=True)))
-        except ValueError as error:
-            hint = ""
-            try:
-                hint = f"; did you mean {ipaddress.IPv4Network(item, strict=False)}?"
-            except (ValueError, TypeError):
-                pass
-            check.problem(f"{path}[{i}]", f"{item!r} is not an IPv4 CIDR ({error}){hint}")
-        except TypeError:
-            check.problem(f"{path}[{i}]", f"{item!r} is not an IPv4 CIDR")
-    return networks
-
-
-def _relayhost(check: _Checker, value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    path = "mailfleet:relayhost"
-    match = _RELAYHOST.match(value) if isinstance(value, str) else None
-    host = match and (match["bracketed"] or match["plain"])
-    valid_host = False
-    if host:
-        try:
-            ipaddress.IPv4Address(host)
-            valid_host = True
-        except ValueError:
-            valid_host = bool(_FQDN.match(host.lower()) or _DNS_LABEL.match(host.lower()))
-    if not valid_host:
-        check.problem(path, f"{value!r} is not a relay host: expected host, [host] or [host]:port")
-        return None
-    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
-        check.problem(path, f"port {match['port']} is out of range (1 to 65535)")
-        return None
-    return value
-
-
-def _mail_name(check: _Checker, value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", value):
-        check.problem("mailfleet:mailName", f"{value!r} must be 1 to 64 letters, digits, spaces, '.', '_' or '-'")
-        return "Postfix"
-    return value
-
-
-def _queue(check: _Checker, value: Any) -> Queue:
-    path = "mailfleet:queue"
-    obj = check.mapping(path, value, {"maximalQueueLifetime", "maximalBackoffTime",
-                                      "destinationConcurrencyLimit", "bounceSizeLimit"}) or {}
-    times = {}
-    for key in ("maximalQueueLifetime", "maximalBackoffTime"):
-        raw = obj.get(key)
-        if raw is None:
-            times[key] = None
-        elif isinstance(raw, (str, int)) and not isinstance(raw, bool) and _POSTFIX_TIME.match(str(raw)):
-            times[key] = str(raw)
-        else:
-            check.problem(f"{path}.{key}", f"{raw!r} is not a positive Postfix time (a number with an optional s, m, h, d or w)")
-            times[key] = None
-    return Queue(
-        maximal_queue_lifetime=times["maximalQueueLifetime"],
-        maximal_backoff_time=times["maximalBackoffTime"],
-        destination_concurrency_limit=check.integer(path, obj, "destinationConcurrencyLimit", None, 1, 1000),
-        bounce_size_limit=check.integer(path, obj, "bounceSizeLimit", None, 1, 1 << 31),
-    )
-
-
-def _tls(check: _Checker, value: Any) -> Tls:
-    path = "mailfleet:tls"
-    obj = check.mapping(path, value, {"mode", "certPem", "keyPem", "chainPem"}) or {}
-    mode = obj.get("mode", "selfSigned")
-    if mode not in ("selfSigned", "provided"):
-        check.problem(f"{path}.mode", f"{mode!r} must be selfSigned or provided")
-        return Tls()
-    if mode == "selfSigned":
-        for key in ("certPem", "keyPem", "chainPem"):
-            if key in obj:
-                check.problem(f"{path}.{key}", "applies only with mode: provided")
-        return Tls()
-    cert = check.text(path, obj, "certPem")
-    key = check.text(path, obj, "keyPem")
-    chain = check.text(path, obj, "chainPem", default=None)
-    for name, pem, marker in (("certPem", cert, "CERTIFICATE-----"), ("keyPem", key, "PRIVATE KEY-----"),
-                              ("chainPem", chain, "CERTIFICATE-----")):
-        if pem is not None and marker not in pem:
-            check.problem(f"{path}.{name}", f"is not PEM text (no '-----BEGIN ...{marker}' block)")
-    return Tls(mode="provided", cert_pem=cert, key_pem=key, chain_pem=chain)
-
-
-def _dmarc(check: _Checker, value: Any) -> Dmarc:
-    path = "mailfleet:dmarc"
-    obj = check.mapping(path, value, {"policy", "rua"}) or {}
-    policy = obj.get("policy", "none")
-    if policy not in ("none", "quarantine", "reject"):
-        check.problem(f"{path}.policy", f"{policy!r} must be none, quarantine or reject")
-        policy = "none"
-    rua = obj.get("rua")
-    if rua is not None:
-        address = rua[len("mailto:"):] if isinstance(rua, str) and rua.startswith("mailto:") else rua
-        if isinstance(address, str) and _EMAIL.match(address.lower()):
-            rua = f"mailto:{address}"
-        else:
-            check.problem(f"{path}.rua", f"{rua!r} is not a mail address (mailto:reports@example.com)")
-            rua = None
-    return Dmarc(policy=policy, rua=rua)
-
-
-def _check_fleet_uniqueness(check: _Checker, fleet: Fleet) -> None:
-    """Names, IPs and hostnames must be unique across the whole fleet: they key outputs and DNS."""
-    seen: dict[tuple[str, str], str] = {}
+def fleet_warnings(fleet: Fleet) -> list[str]:
+    """What is allowed but probably wrong, for the program to print (pulumi.log.warn)."""
+    warnings = []
     for h, host in enumerate(fleet.hosts):
-        first = seen.setdefault(("host", host.name), f"mailfleet:hosts[{h}]")
-        if first != f"mailfleet:hosts[{h}]":
-            check.problem(f"mailfleet:hosts[{h}].name", f"duplicate host name {host.name!r} (also {first})")
         for i, instance in enumerate(host.instances):
-            path = f"mailfleet:hosts[{h}].instances[{i}]"
-            for kind, value in (("name", instance.name), ("ip", instance.ip), ("hostname", instance.hostname)):
-                first = seen.setdefault((kind, value), path)
-                if first != path:
-                    check.problem(f"{path}.{kind}", f"duplicate instance {kind} {value!r} (also {first})")
+            if instance.public_ip is None and is_private(instance.ip):
+                kind = "a loopback (test)" if ipaddress.IPv4Address(instance.ip).is_loopback else "a private"
+                warnings.append(
+                    f"{NAMESPACE}:hosts[{h}].instances[{i}]: instance {instance.name} sends from {kind} address "
+                    f"{instance.ip} and has no publicIp: receivers see the NAT's public address, so the A, PTR "
+                    "and SPF records published for it will not match; set publicIp to that address")
+    if fleet.tls.mode == "provided":
+        from cryptography import x509
+
+        certificate = x509.load_pem_x509_certificates(fleet.tls.cert_pem.encode())[0]
+        names = _certificate_names(certificate)
+        for host, instance in fleet.instances:
+            if not certificate_covers(names, instance.hostname):
+                warnings.append(
+                    f"{NAMESPACE}:tls.certPem: the certificate ({', '.join(names) or 'no DNS names'}) does not cover "
+                    f"{instance.hostname}, the hostname of instance {instance.name}: clients of 587/465 that check "
+                    "the name will refuse it")
+    return warnings
+
+
+def stack_file_schema() -> dict[str, Any]:
+    """JSON Schema of a whole Pulumi.<stack>.yaml, with the `mailfleet:` keys from the models."""
+    fleet = Fleet.model_json_schema(by_alias=True, mode="validation")
+    definitions = fleet.pop("$defs", {})
+    secure = {"type": "object", "properties": {"secure": {"type": "string"}}, "required": ["secure"],
+              "additionalProperties": False, "description": "a secret set with `pulumi config set --secret`"}
+    properties = {}
+    for key, schema in fleet["properties"].items():
+        if key in ("sshPrivateKey", "tls"):
+            schema = {"anyOf": [schema, {"$ref": "#/$defs/secure"}]}
+        properties[f"{NAMESPACE}:{key}"] = schema
+    tls = definitions["Tls"]["properties"]
+    tls["keyPem"] = {"anyOf": [tls["keyPem"], {"$ref": "#/$defs/secure"}]}
+    config = {
+        "type": "object",
+        "description": "Stack configuration: mailfleet's keys, and other namespaces (vsphere:, ...) left alone.",
+        "properties": properties,
+        "required": [f"{NAMESPACE}:{key}" for key in fleet.get("required", [])],
+        "patternProperties": {rf"^(?!{NAMESPACE}:)[^:]+:.+$": {}},
+        "additionalProperties": False,
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/mailfleet/mailfleet/schema/mailfleet-stack.schema.json",
+        "title": "Pulumi.<stack>.yaml of mailfleet",
+        "type": "object",
+        "properties": {
+            "config": config,
+            "environment": {"type": "array", "items": {"type": "string"}},
+            "secretsprovider": {"type": "string"},
+            "encryptedkey": {"type": "string"},
+            "encryptionsalt": {"type": "string"},
+        },
+        "$defs": {**definitions, "secure": secure},
+    }

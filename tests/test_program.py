@@ -9,7 +9,8 @@ import yaml
 from harness import REPO, run_program, stack_config
 from mailfleet import dns_records
 from shape_mocks import ShapeMocks
-from keys import openssh_private_key, pkcs8_private_key
+from certs import self_signed
+from keys import openssh_private_key
 
 SSH_KEY = openssh_private_key()
 COMMAND = "command:remote:Command"
@@ -144,8 +145,7 @@ def test_outputs_follow_the_interface(prod):
 
 
 def test_provided_tls_serves_the_users_certificate_to_every_instance():
-    cert = "-----BEGIN CERTIFICATE-----\nd2lsZGNhcmQ=\n-----END CERTIFICATE-----\n"
-    key = pkcs8_private_key()
+    cert, key = self_signed("*.dev.ecrm.com.tw")
     run = run_stack("dev", **{"mailfleet:tls": json.dumps({"mode": "provided", "certPem": cert, "keyPem": key})})
     assert run.outputs["tlsCaCertPem"] is None
     assert not run.monitor.of_type("tls:index/selfSignedCert:SelfSignedCert")
