@@ -104,6 +104,21 @@ DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?"),
 """A fully qualified domain name, lowercased, without the final dot."""
 
 
+_TXT_NAME = re.compile(rf"(?:_?{_LABEL}\.)+{_TOP_LABEL}")
+
+
+def _txt_name(value: str) -> str:
+    _single_line(value)
+    name = value.lower().removesuffix(".")
+    if len(name) > 253 or not _TXT_NAME.fullmatch(name):
+        raise _problem(f"{value!r} is not a fully qualified domain name")
+    return name
+
+
+TxtName = _rule(_txt_name, {"pattern": _pattern(_TXT_NAME.pattern + r"\.?"), "maxLength": 254})
+"""A DNS name for a TXT record: like DnsName, and its labels may start with '_' (_spf.example.com)."""
+
+
 def _dns_label(value: str) -> str:
     _single_line(value)
     if not _DNS_LABEL.fullmatch(value):
@@ -572,7 +587,7 @@ class Fleet(_Model):
     dmarc: Dmarc = Dmarc()
     spf_extra: dict[DnsName, tuple[SpfTerm, ...]] = Field(
         {}, description="per signing domain: SPF terms kept before -all, for the domain's other senders")
-    spf_shared: DnsName | None = Field(None, description="also publish the fleet's SPF record at this name")
+    spf_shared: TxtName | None = Field(None, description="also publish the fleet's SPF record at this name")
     allow_unsigned_senders: StrictBool = False
 
     @property
@@ -688,7 +703,7 @@ def _path(loc: tuple) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += (":" if i == 0 else ".") + str(part)
+            path += (":" if i == 0 else ".") + (part if str(part).isprintable() else repr(part))
     return path
 
 
@@ -879,7 +894,7 @@ def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list
                          "the whole record; this counts the record's own terms only: each include also costs "
                          "the lookups of the record it includes")
 
-    shared = _valid(DnsName, values.get("spfShared")) if "spfShared" in values else None
+    shared = _valid(TxtName, values.get("spfShared")) if "spfShared" in values else None
     if shared is not None:
         path = f"{NAMESPACE}:spfShared"
         hostnames = {_valid(DnsName, i.get("hostname")) for _, h in hosts for _, i in _items(h.get("instances"))}

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from certs import self_signed
 from harness import REPO, stack_config
-from mailfleet.config import ConfigError, parse_config
+from mailfleet.config import ConfigError, fleet_warnings, parse_config
 from keys import openssh_private_key
 
 KEY = openssh_private_key()
@@ -16,7 +17,7 @@ VSPHERE_HOST = {
     "network": {"interface": "ens160", "prefixLength": 24, "gateway": "10.1.11.254", "nameservers": ["10.1.0.72"]},
     "instances": [
         {"name": "postfix-43", "ip": "10.1.11.43", "hostname": "s43.example.com"},
-        {"name": "postfix-45", "ip": "10.1.11.45", "hostname": "s45.example.com"},
+        {"name": "postfix-45", "ip": "10.1.11.45", "hostname": "s45.example.com", "publicIp": "203.0.113.45"},
     ],
 }
 EXISTING_HOST = {
@@ -33,7 +34,7 @@ GOOD = {
 
 def raw(config: dict) -> dict[str, str]:
     """As Pulumi hands config over: full keys, structured values as JSON text."""
-    return {f"mailfleet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    return {k if ":" in k else f"mailfleet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
 def problems_of(config: dict) -> list[str]:
@@ -125,6 +126,60 @@ BAD_INPUTS = [
     ("dmarc", {"policy": "block"}, "mailfleet:dmarc.policy: 'block' must be none, quarantine or reject"),
     ("dmarc", {"policy": "none", "rua": "reports"}, "mailfleet:dmarc.rua: 'reports' is not a mail address"),
     ("relayNetwork", ["10.0.0.0/16"], "mailfleet:relayNetwork: unknown key"),
+    # Relay networks that open the relay.
+    ("relayNetworks", ["0.0.0.0/0"], "mailfleet:relayNetworks[0]: '0.0.0.0/0' opens the relay to the whole internet"),
+    ("relayNetworks", ["10.0.0.0/16", "10.0.0.0/7"], "mailfleet:relayNetworks[1]: '10.0.0.0/7' is wider than /8"),
+    ("relayNetworks", ["128.0.0.0/1"], "mailfleet:relayNetworks[0]: '128.0.0.0/1' is wider than /8"),
+    # Addresses that cannot be senders.
+    ("hosts.0.instances.1.ip", "255.255.255.255", "mailfleet:hosts[0].instances[1].ip: 255.255.255.255 cannot be a sender address"),
+    ("hosts.1.instances.0.ip", "240.0.0.1", "mailfleet:hosts[1].instances[0].ip: 240.0.0.1 cannot be a sender address"),
+    ("hosts.1.instances.0.ip", "224.0.0.5", "mailfleet:hosts[1].instances[0].ip: 224.0.0.5 cannot be a sender address"),
+    ("hosts.1.instances.0.ip", "0.0.0.0", "mailfleet:hosts[1].instances[0].ip: 0.0.0.0 cannot be a sender address"),
+    ("hosts.0.instances.1.ip", "10.1.11.255", "mailfleet:hosts[0].instances[1].ip: 10.1.11.255 is the network or broadcast address of 10.1.11.0/24"),
+    ("hosts.0.instances.1.ip", "10.1.11.0", "mailfleet:hosts[0].instances[1].ip: 10.1.11.0 is the network or broadcast address"),
+    ("hosts.0.instances.1.ip", 167842091, "mailfleet:hosts[0].instances[1].ip: 167842091 is not an IPv4 address (write it dotted"),
+    ("hosts.0.instances.1.ip", "10.1.11.045", "mailfleet:hosts[0].instances[1].ip: '10.1.11.045' is not an IPv4 address"),
+    ("hosts.0.instances.1.publicIp", "10.9.9.9", "mailfleet:hosts[0].instances[1].publicIp: 10.9.9.9 is not a public address"),
+    ("hosts.0.instances.1.publicIp", "100.64.0.9", "mailfleet:hosts[0].instances[1].publicIp: 100.64.0.9 is not a public address"),
+    ("hosts.0.instances.1.publicIp", "127.0.0.9", "mailfleet:hosts[0].instances[1].publicIp: 127.0.0.9 is not a public address"),
+    ("hosts.0.instances.1.publicIp", "255.255.255.255", "mailfleet:hosts[0].instances[1].publicIp: 255.255.255.255 cannot be a sender address"),
+    # Gateway and nameservers.
+    ("hosts.0.network.gateway", "10.1.11.255", "mailfleet:hosts[0].network.gateway: 10.1.11.255 is the broadcast address of 10.1.11.0/24"),
+    ("hosts.0.network.gateway", "10.1.11.0", "mailfleet:hosts[0].network.gateway: 10.1.11.0 is the network address of 10.1.11.0/24"),
+    ("hosts.0.network.gateway", "224.0.0.1", "mailfleet:hosts[0].network.gateway: 224.0.0.1 is not a unicast host address"),
+    ("hosts.0.network.gateway", 167842302, "mailfleet:hosts[0].network.gateway: 167842302 is not an IPv4 address"),
+    ("hosts.0.network.nameservers", ["10.1.0.72", "0.0.0.0"], "mailfleet:hosts[0].network.nameservers[1]: 0.0.0.0 is not a unicast host address"),
+    ("hosts.0.network.nameservers", ["10.1.11.255"], "mailfleet:hosts[0].network.nameservers[0]: 10.1.11.255 is the broadcast address of 10.1.11.0/24"),
+    ("hosts.0.network.nameservers", ["10.1.0.72", "10.1.0.72"], "mailfleet:hosts[0].network.nameservers[1]: duplicate nameserver 10.1.0.72"),
+    # A mistyped namespace is not silently ignored.
+    ("mailfeet:relayNetworks", ["10.0.0.0/16"], "mailfeet:relayNetworks: namespace 'mailfeet' is not 'mailfleet': did you mean mailfleet:relayNetworks?"),
+    ("Mailfleet:mailName", "WebMAX", "Mailfleet:mailName: namespace 'Mailfleet' is not 'mailfleet'"),
+    ("mailfleets:hosts", [], "mailfleets:hosts: namespace 'mailfleets' is not 'mailfleet'"),
+    # This round's keys.
+    ("hosts.1.instances.0.publicIp", "203.0.113.45", "mailfleet:hosts[1].instances[0].publicIp: duplicate public address '203.0.113.45' (also mailfleet:hosts[0].instances[1])"),
+    ("dkim", [{"domain": "example.com", "selector": "s1", "algorithm": "dsa"}], "mailfleet:dkim[0].algorithm: 'dsa' must be rsa or ed25519"),
+    ("dkim", [{"domain": "example.com", "selector": "s1", "algorithm": "ed25519", "bits": 2048}], "mailfleet:dkim[0].bits: applies only to RSA keys"),
+    ("dkim", [{"domain": "example.com", "selector": "s1", "bits": "2048"}], "mailfleet:dkim[0].bits: must be an integer, got a string"),
+    ("spfExtra", {"example.org": ["include:_spf.google.com"]}, "mailfleet:spfExtra.example.org: example.org is not a signing domain (mailfleet:dkim)"),
+    ("spfExtra", {"example": ["mx"]}, "mailfleet:spfExtra.example: 'example' is not a fully qualified domain name"),
+    ("spfExtra", {"example.com": ["mx", "~all"]}, "mailfleet:spfExtra.example.com[1]: '~all': the record already ends with -all"),
+    ("spfExtra", {"example.com": ["all"]}, "mailfleet:spfExtra.example.com[0]: 'all': the record already ends with -all"),
+    ("spfExtra", {"example.com": ["redirect=_spf.example.net"]}, "mailfleet:spfExtra.example.com[0]: 'redirect=_spf.example.net': a redirect is ignored"),
+    ("spfExtra", {"example.com": ["include:"]}, "mailfleet:spfExtra.example.com[0]: 'include:' is not an SPF mechanism or modifier"),
+    ("spfExtra", {"example.com": ["includes:_spf.google.com"]}, "mailfleet:spfExtra.example.com[0]: 'includes:_spf.google.com' is not an SPF mechanism"),
+    ("spfExtra", {"example.com": ["ip4:192.0.2.300"]}, "mailfleet:spfExtra.example.com[0]: 'ip4:192.0.2.300' is not an SPF mechanism"),
+    ("spfExtra", {"example.com": ["a/33"]}, "mailfleet:spfExtra.example.com[0]: 'a/33' is not an SPF mechanism"),
+    ("spfExtra", {"example.com": ["mx include:x.example.net"]}, "mailfleet:spfExtra.example.com[0]: 'mx include:x.example.net' is more than one SPF term"),
+    ("spfExtra", {"example.com": ["mx", "+mx"]}, "mailfleet:spfExtra.example.com[1]: duplicate SPF term '+mx'"),
+    ("spfExtra", {"example.com": ["ip4:10.1.11.43"]}, "mailfleet:spfExtra.example.com[0]: 'ip4:10.1.11.43' is one of the fleet's own addresses"),
+    ("spfExtra", {"example.com": "include:_spf.google.com"}, "mailfleet:spfExtra.example.com: must be a list, got a string"),
+    ("spfExtra", {"example.com": [f"include:s{n}.example.net" for n in range(9)] + ["a", "mx:example.net/24"]},
+     "mailfleet:spfExtra.example.com: 11 terms that cost a DNS lookup (include, a, mx, ptr, exists, redirect) exceed SPF's limit of 10"),
+    ("spfShared", "spf", "mailfleet:spfShared: 'spf' is not a fully qualified domain name"),
+    ("spfShared", "example.com", "mailfleet:spfShared: example.com is a signing domain"),
+    ("spfShared", "s47.example.com", "mailfleet:spfShared: s47.example.com is an instance hostname"),
+    ("allowUnsignedSenders", "yes", "mailfleet:allowUnsignedSenders: must be structured YAML"),
+    ("allowUnsignedSenders", "\"yes\"", "mailfleet:allowUnsignedSenders: must be true or false, got a string"),
 ]
 
 
@@ -173,3 +228,197 @@ def test_prod_stack_is_the_original_server():
     assert [(i.ip, i.hostname) for i in host.instances] == [
         ("10.1.11.43", "s43.11.ecrm.com.tw"), ("10.1.11.45", "s45.11.ecrm.com.tw")]
     assert fleet.mail_name == "WebMAX" and fleet.queue.maximal_queue_lifetime == "6h"
+
+
+# ---- control characters, anywhere -------------------------------------------------------------
+
+# GOOD with every optional key set, so that every string field of the model is somewhere in it.
+FULL = {
+    **copy.deepcopy(GOOD),
+    "vsphere": {**GOOD["vsphere"], "folder": "mail", "resourcePool": "pool1"},
+    "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMailfleetTestKey ops@example.com"],
+    "relayNetworks": ["10.0.0.0/16", "10.0.0.0/8"],
+    "relayhost": "[smtp.example.com]:2525",
+    "mailName": "WebMAX",
+    "queue": {"maximalQueueLifetime": "6h", "maximalBackoffTime": "900s", "destinationConcurrencyLimit": 2,
+              "bounceSizeLimit": 10000000},
+    "tls": {"mode": "selfSigned"},
+    "dmarc": {"policy": "reject", "rua": "mailto:dmarc@example.com"},
+    "dkim": [{"domain": "example.com", "selector": "s1", "algorithm": "rsa", "bits": 4096},
+             {"domain": "example.com", "selector": "e1", "algorithm": "ed25519"}],
+    "spfExtra": {"example.com": ["include:_spf.google.com", "ip4:192.0.2.0/24", "mx", "a:mail.example.net/28",
+                                 "exists:%{i}._spf.example.com", "-ptr", "exp=explain.example.com"]},
+    "spfShared": "_spf.mail.example.com",
+    "allowUnsignedSenders": True,
+}
+FULL["hosts"][1] = {**FULL["hosts"][1], "sshUser": "deploy", "sshPort": 2222}
+
+
+def string_leaves(value, path=""):
+    """(dotted path, text) of every string in a config (list indices as numbers)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from string_leaves(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from string_leaves(item, f"{path}.{index}")
+    elif isinstance(value, str):
+        yield path, value
+
+
+def key_path(dotted: str) -> str:
+    first, *rest = dotted.split(".")
+    return "mailfleet:" + first + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
+
+
+# sshPrivateKey is a PEM: several lines by nature (its own rule: no other control characters).
+LEAVES = [(path, text) for path, text in string_leaves(FULL) if path != "sshPrivateKey" and "spfExtra." not in path]
+LEAVES += [("spfExtra.example.com." + str(i), t) for i, t in enumerate(FULL["spfExtra"]["example.com"])]
+
+
+def test_full_config_is_valid_and_typed():
+    fleet = parse_config(raw(FULL))
+    assert fleet.spf_extra == {"example.com": tuple(FULL["spfExtra"]["example.com"])}
+    assert fleet.spf_shared == "_spf.mail.example.com" and fleet.allow_unsigned_senders is True
+    assert [(k.algorithm, k.bits) for k in fleet.dkim] == [("rsa", 4096), ("ed25519", 2048)]
+    instance = fleet.hosts[0].instances[1]
+    assert (instance.ip, instance.public_ip, instance.public_address) == ("10.1.11.45", "203.0.113.45", "203.0.113.45")
+    assert fleet.hosts[0].instances[0].public_address == "10.1.11.43"
+    assert {fleet.dkim[0]: "usable as a dict key"}[fleet.dkim[0]]
+    assert len(LEAVES) > 35
+
+
+@pytest.mark.parametrize("path,text", LEAVES, ids=[p for p, _ in LEAVES])
+def test_a_trailing_newline_in_any_string_is_refused_at_its_key(path, text):
+    if path.startswith("spfExtra."):
+        config = copy.deepcopy(FULL)
+        config["spfExtra"]["example.com"][int(path.rsplit(".", 1)[1])] += "\n"
+        expected = f"mailfleet:spfExtra.example.com[{path.rsplit('.', 1)[1]}]: "
+    else:
+        config = changed_in(FULL, path, text + "\n")
+        expected = key_path(path) + ": "
+    problems = problems_of(config)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def changed_in(config: dict, path: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, last = path.split(".")
+    target = config
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    target[int(last) if last.isdigit() else last] = value
+    return config
+
+
+@pytest.mark.parametrize("bad", ["\t", "\x00", "\r", "\x7f", "\u2028", "\x1b[31m"])
+def test_control_characters_inside_values_are_refused(bad):
+    for path in ("hosts.0.instances.0.hostname", "dkim.0.selector", "hosts.0.name", "mailName", "vsphere.template"):
+        text = dict(string_leaves(FULL))[path]
+        problems = problems_of(changed_in(FULL, path, text[:2] + bad + text[2:]))
+        assert len(problems) == 1 and problems[0].startswith(key_path(path) + ": "), problems
+
+
+def test_a_private_key_may_hold_line_breaks_but_no_other_control_character():
+    problems = problems_of({**GOOD, "sshPrivateKey": KEY.replace("\n", "\n\x00", 1)})
+    assert problems == ["mailfleet:sshPrivateKey: contains a control character other than line breaks"]
+    assert KEY not in problems[0]  # a secret is never echoed
+
+
+# ---- duplicates keep their index after an invalid entry ------------------------------------------
+
+def test_duplicates_after_an_invalid_entry_are_reported_at_their_own_index():
+    config = copy.deepcopy(GOOD)
+    config["hosts"][0]["instances"] = [
+        {"name": "postfix-41", "ip": "10.1.11.300", "hostname": "s41.example.com"},  # invalid
+        {"name": "postfix-43", "ip": "10.1.11.43", "hostname": "s43.example.com"},
+        {"name": "postfix-43", "ip": "10.1.11.43", "hostname": "s44.example.com"},
+    ]
+    assert sorted(problems_of(config)) == sorted([
+        "mailfleet:hosts[0].instances[0].ip: '10.1.11.300' is not an IPv4 address",
+        "mailfleet:hosts[0].instances[2].name: duplicate instance name 'postfix-43' (also mailfleet:hosts[0].instances[1])",
+        "mailfleet:hosts[0].instances[2].ip: duplicate instance ip '10.1.11.43' (also mailfleet:hosts[0].instances[1])",
+    ])
+
+
+def test_duplicate_host_after_an_invalid_host_keeps_its_index():
+    config = copy.deepcopy(GOOD)
+    bad_host = {**copy.deepcopy(EXISTING_HOST), "name": "BAD_HOST",
+                "instances": [{"name": "postfix-50", "ip": "10.2.0.50", "hostname": "s50.example.com"}]}
+    config["hosts"] = [bad_host, *config["hosts"], {**copy.deepcopy(EXISTING_HOST), "name": "mx1",
+                       "instances": [{"name": "postfix-51", "ip": "10.2.0.51", "hostname": "s51.example.com"}]}]
+    assert sorted(problems_of(config)) == [
+        "mailfleet:hosts[0].name: 'BAD_HOST' is not a DNS label (lowercase letters, digits and '-', at most 63)",
+        "mailfleet:hosts[3].name: duplicate host name 'mx1' (also mailfleet:hosts[1])",
+    ]
+
+
+# ---- provided TLS ------------------------------------------------------------------------------
+
+def test_provided_key_must_belong_to_the_certificate():
+    cert, key = self_signed("*.example.com")
+    _, other_key = self_signed("*.example.com")
+    parse_config(raw({**GOOD, "tls": {"mode": "provided", "certPem": cert, "keyPem": key}}))
+    problems = problems_of({**GOOD, "tls": {"mode": "provided", "certPem": cert, "keyPem": other_key}})
+    assert len(problems) == 1 and problems[0].startswith(
+        "mailfleet:tls.keyPem: does not belong to the certificate in certPem"), problems
+    assert other_key not in problems[0]
+    problems = problems_of({**GOOD, "tls": {"mode": "provided", "certPem": cert.replace("M", "A"), "keyPem": key}})
+    assert len(problems) == 1 and problems[0].startswith("mailfleet:tls.certPem: is not a PEM certificate"), problems
+    problems = problems_of({**GOOD, "tls": {"mode": "provided", "certPem": cert, "keyPem": KEY}})
+    assert problems == ["mailfleet:tls.keyPem: is not an unencrypted PEM private key"]
+
+
+def test_a_full_chain_in_cert_pem_is_checked_against_its_first_certificate():
+    cert, key = self_signed("*.example.com")
+    ca, _ = self_signed("ca.example.net")
+    parse_config(raw({**GOOD, "tls": {"mode": "provided", "certPem": cert + ca, "keyPem": key}}))
+    assert problems_of({**GOOD, "tls": {"mode": "provided", "certPem": ca + cert, "keyPem": key}})
+
+
+def test_a_certificate_that_does_not_cover_a_hostname_is_a_warning():
+    cert, key = self_signed("*.example.com")
+    fleet = parse_config(raw({**GOOD, "tls": {"mode": "provided", "certPem": cert, "keyPem": key}}))
+    assert [w for w in fleet_warnings(fleet) if "certPem" in w] == []
+    cert, key = self_signed("s43.example.com", "*.mail.example.com")
+    fleet = parse_config(raw({**GOOD, "tls": {"mode": "provided", "certPem": cert, "keyPem": key}}))
+    warnings = [w for w in fleet_warnings(fleet) if "certPem" in w]
+    assert len(warnings) == 2, warnings
+    assert "does not cover s45.example.com, the hostname of instance postfix-45" in warnings[0]
+    assert "s47.example.com" in warnings[1] and "postfix-47" in warnings[1]
+    # A wildcard covers one label only.
+    config = changed_in(GOOD, "hosts.1.instances.0.hostname", "a.s47.example.com")
+    cert, key = self_signed("*.example.com")
+    fleet = parse_config(raw({**config, "tls": {"mode": "provided", "certPem": cert, "keyPem": key}}))
+    assert [w for w in fleet_warnings(fleet) if "certPem" in w and "a.s47.example.com" in w]
+
+
+# ---- warnings about addresses -------------------------------------------------------------------
+
+def test_a_private_ip_without_public_ip_is_a_warning_naming_the_instance():
+    fleet = parse_config(raw(GOOD))
+    warnings = fleet_warnings(fleet)
+    assert len(warnings) == 2, warnings  # postfix-45 has a publicIp
+    assert warnings[0].startswith("mailfleet:hosts[0].instances[0]: instance postfix-43 sends from a private address 10.1.11.43")
+    assert "postfix-47" in warnings[1] and "publicIp" in warnings[1]
+    cgnat = parse_config(raw(changed("hosts.1.instances.0.ip", "100.64.0.47")))
+    assert any("postfix-47" in w and "100.64.0.47" in w for w in fleet_warnings(cgnat))
+    public = parse_config(raw(changed("hosts.1.instances.0.ip", "198.51.100.47")))
+    assert not any("postfix-47" in w for w in fleet_warnings(public))
+    loopback = parse_config(raw(changed("hosts.1.instances.0.ip", "127.0.0.47")))
+    assert any("postfix-47" in w and "loopback" in w for w in fleet_warnings(loopback))
+
+
+def test_spf_lookup_limit_counts_only_lookup_terms():
+    ten = [f"include:s{n}.example.net" for n in range(8)] + ["a", "mx"]
+    fleet = parse_config(raw({**GOOD, "spfExtra": {"example.com": ten + ["ip4:192.0.2.0/24", "ip6:2001:db8::/32"]}}))
+    assert len(fleet.spf_extra["example.com"]) == 12
+    problems = problems_of({**GOOD, "spfExtra": {"example.com": ten + ["exists:%{i}.example.net"]}})
+    assert problems == [problems[0]] and problems[0].startswith("mailfleet:spfExtra.example.com: 11 terms")
+    assert "each include also costs the lookups of the record it includes" in problems[0]
+
+
+def test_snake_case_keys_are_not_config_keys():
+    problems = problems_of(changed("hosts.1.ssh_user", "root"))
+    assert problems == ["mailfleet:hosts[1].ssh_user: unknown key (expected one of: address, instances, name, "
+                        "network, sshPort, sshUser, vm)"]
