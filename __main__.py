@@ -10,7 +10,7 @@ from components.dkim_keys import DkimKeys
 from components.mail_host import MailHost
 from components.tls_certificates import TlsCertificates
 from mailfleet import dns_records
-from mailfleet.config import ConfigError, parse_config
+from mailfleet.config import ConfigError, fleet_warnings, parse_config
 
 
 def stack_config() -> dict:
@@ -22,6 +22,8 @@ try:
     fleet = parse_config(stack_config())
 except ConfigError as error:
     raise pulumi.RunError(str(error)) from None  # before any resource is registered
+for warning in fleet_warnings(fleet):
+    pulumi.log.warn(warning)
 
 dkim = DkimKeys("dkim", fleet.dkim)
 certificates = TlsCertificates("tls", fleet.tls, [instance for _, instance in fleet.instances])
@@ -47,7 +49,8 @@ pulumi.export("dnsRecords", records)
 pulumi.export("dkimRecords", public_keys.apply(lambda pems: dns_records.dkim_records(fleet, pems)))
 pulumi.export("zoneFile", records.apply(dns_records.zone_file))
 pulumi.export("instances", {
-    instance.name: {"host": host.name, "ip": instance.ip, "hostname": instance.hostname}
+    instance.name: {"host": host.name, "ip": instance.ip, "hostname": instance.hostname,
+                    **({"publicIp": instance.public_ip} if instance.public_ip else {})}
     for host, instance in fleet.instances
 })
 pulumi.export("tlsCaCertPem", certificates.ca_cert_pem)

@@ -34,17 +34,29 @@ def _record(name: str, type_: str, value: str, purpose: str) -> dict:
     return {"name": name, "type": type_, "value": value, "ttl": TTL, "purpose": purpose}
 
 
+def fleet_spf(fleet: Fleet, extra: tuple[str, ...] = ()) -> str:
+    """The fleet's SPF record: every instance's public address, then `extra` terms, then -all."""
+    terms = [f"ip4:{instance.public_address}" for _, instance in fleet.instances]
+    return " ".join(["v=spf1", *terms, *extra, "-all"])
+
+
 def dns_records(fleet: Fleet, public_keys: dict[str, str]) -> list[dict]:
+    """Every address here is what receivers see: an instance's publicIp where it has one."""
     records = []
     for host, instance in fleet.instances:
-        records.append(_record(instance.hostname, "A", instance.ip, f"address of instance {instance.name} on {host.name}"))
-        records.append(_record(reverse_name(instance.ip), "PTR", instance.hostname,
-                               f"reverse DNS of {instance.ip}: must name the HELO hostname"))
+        address = instance.public_address
+        records.append(_record(instance.hostname, "A", address, f"address of instance {instance.name} on {host.name}"))
+        records.append(_record(reverse_name(address), "PTR", instance.hostname,
+                               f"reverse DNS of {address}: must name the HELO hostname"))
         records.append(_record(instance.hostname, "TXT", "v=spf1 a -all", f"SPF for the HELO identity of {instance.name}"))
-    sender_ips = " ".join(f"ip4:{instance.ip}" for _, instance in fleet.instances)
     domains = list(dict.fromkeys(key.domain for key in fleet.dkim))
     for domain in domains:
-        records.append(_record(domain, "TXT", f"v=spf1 {sender_ips} -all", f"SPF: the fleet's IPs may send for {domain}"))
+        extra = fleet.spf_extra.get(domain, ())
+        purpose = f"SPF: the fleet's IPs may send for {domain}" + (" (and the senders of spfExtra)" if extra else "")
+        records.append(_record(domain, "TXT", fleet_spf(fleet, extra), purpose))
+    if fleet.spf_shared:
+        records.append(_record(fleet.spf_shared, "TXT", fleet_spf(fleet),
+                               "SPF of the fleet alone, for domains managed elsewhere to include"))
     for key in fleet.dkim:
         records.append(_record(key.record_name, "TXT", dkim_value(public_keys[key.record_name]),
                                f"DKIM public key, selector {key.selector}"))

@@ -1,7 +1,11 @@
 """The DNS records to publish: DKIM from a known key, SPF with every IP, zone-file splitting."""
 
 import base64
+import json
 
+import dns.name
+import dns.rdatatype
+import dns.zone
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -47,18 +51,71 @@ def fleet_with_two_hosts():
     return parse_config(config)
 
 
-def test_records_cover_every_ip_hostname_and_domain(rsa_key):
+def own_keys(fleet) -> dict[str, str]:
+    """A different key for every selector, so a record made from the wrong key shows."""
+    return {k.record_name: pem_of(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for k in fleet.dkim}
+
+
+def test_records_cover_every_ip_hostname_and_domain():
     fleet = fleet_with_two_hosts()
-    keys = {k.record_name: pem_of(rsa_key) for k in fleet.dkim}
+    keys = own_keys(fleet)
+    assert len(set(keys.values())) == len(keys) == 2
     records = {(r["name"], r["type"]): r["value"] for r in dns_records.dns_records(fleet, keys)}
     assert records[("s43.11.ecrm.com.tw", "A")] == "10.1.11.43"
     assert records[("9.2.0.192.in-addr.arpa", "PTR")] == "s9.ecrm.com.tw"
     assert records[("s45.11.ecrm.com.tw", "TXT")] == "v=spf1 a -all"
     spf = "v=spf1 ip4:10.1.11.43 ip4:10.1.11.45 ip4:192.0.2.9 -all"
     assert records[("tt5.ecrm.com.tw", "TXT")] == records[("ecrm.com.tw", "TXT")] == spf
-    assert records[("s1._domainkey.tt5.ecrm.com.tw", "TXT")] == dns_records.dkim_value(pem_of(rsa_key))
+    for name, pem in keys.items():
+        assert records[(name, "TXT")] == dns_records.dkim_value(pem), name
     assert records[("_dmarc.ecrm.com.tw", "TXT")] == "v=DMARC1; p=quarantine; rua=mailto:dmarc@ecrm.com.tw"
     assert all(r["ttl"] == 3600 and r["purpose"] for r in dns_records.dns_records(fleet, keys))
+
+
+def test_dkim_records_and_zone_file_carry_each_selector_its_own_key():
+    fleet = fleet_with_two_hosts()
+    keys = own_keys(fleet)
+    assert dns_records.dkim_records(fleet, keys) == {name: dns_records.dkim_value(pem) for name, pem in keys.items()}
+    zone = dns.zone.from_text(dns_records.zone_file(dns_records.dns_records(fleet, keys)), origin=dns.name.root,
+                              relativize=False, check_origin=False)
+    for name, pem in keys.items():
+        (rdata,) = zone.find_rdataset(name + ".", dns.rdatatype.TXT)
+        assert b"".join(rdata.strings).decode() == dns_records.dkim_value(pem), name
+
+
+def test_public_ip_is_what_dns_names():
+    config, _ = stack_config(REPO / "Pulumi.prod.yaml")
+    hosts = json.loads(config["mailfleet:hosts"])
+    hosts[0]["instances"][1]["publicIp"] = "203.0.113.45"
+    config.update({"mailfleet:hosts": json.dumps(hosts), "mailfleet:sshPrivateKey": KEY})
+    fleet = parse_config(config)
+    records = dns_records.dns_records(fleet, own_keys(fleet))
+    by_key = {(r["name"], r["type"]): r["value"] for r in records}
+    assert by_key[("s45.11.ecrm.com.tw", "A")] == "203.0.113.45"
+    assert by_key[("45.113.0.203.in-addr.arpa", "PTR")] == "s45.11.ecrm.com.tw"
+    assert by_key[("tt5.ecrm.com.tw", "TXT")] == "v=spf1 ip4:10.1.11.43 ip4:203.0.113.45 -all"
+    assert by_key[("s43.11.ecrm.com.tw", "A")] == "10.1.11.43"  # no publicIp: its own address
+    assert not [r for r in records if "10.1.11.45" in r["value"] or r["name"] == "45.11.1.10.in-addr.arpa"]
+
+
+def test_spf_extra_terms_come_before_all_and_spf_shared_is_the_fleet_alone():
+    config, _ = stack_config(REPO / "Pulumi.prod.yaml")
+    config.update({
+        "mailfleet:dkim": '[{"domain": "tt5.ecrm.com.tw", "selector": "s1"}, {"domain": "ecrm.com.tw", "selector": "s2"}]',
+        "mailfleet:spfExtra": '{"ecrm.com.tw": ["include:_spf.google.com", "~mx"]}',
+        "mailfleet:spfShared": "_spf.mail.ecrm.com.tw",
+    })
+    fleet = parse_config(config)
+    records = dns_records.dns_records(fleet, own_keys(fleet))
+    spf = [(r["name"], r["value"]) for r in records if r["value"].startswith("v=spf1 ip4")]
+    assert spf == [
+        ("tt5.ecrm.com.tw", "v=spf1 ip4:10.1.11.43 ip4:10.1.11.45 -all"),
+        ("ecrm.com.tw", "v=spf1 ip4:10.1.11.43 ip4:10.1.11.45 include:_spf.google.com ~mx -all"),
+        ("_spf.mail.ecrm.com.tw", "v=spf1 ip4:10.1.11.43 ip4:10.1.11.45 -all"),
+    ]
+    # One SPF record per name (RFC 7208 4.5: two make receivers fail both).
+    names = [r["name"] for r in records if r["type"] == "TXT" and r["value"].startswith("v=spf1")]
+    assert len(names) == len(set(names))
 
 
 def test_zone_file_splits_long_txt_into_255_byte_strings(rsa_key):

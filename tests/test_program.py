@@ -2,10 +2,13 @@
 
 import base64
 import json
+import logging
 
 import pytest
 import yaml
 
+import harness
+import test_config
 from harness import REPO, run_program, stack_config
 from mailfleet import dns_records
 from shape_mocks import ShapeMocks
@@ -158,3 +161,77 @@ def test_bad_config_stops_before_any_resource():
     with pytest.raises(Exception) as error:
         run_stack("dev", **{"mailfleet:relayNetworks": '["10.0.0.0/33"]'})
     assert "mailfleet:relayNetworks[0]: '10.0.0.0/33' is not an IPv4 CIDR" in str(error.value)
+
+
+class _KeptMonitor(harness.RecordingMonitor):
+    """Remembers the last monitor made, so a test can read it after the program raised."""
+    last = None
+
+    def __init__(self, mocks):
+        super().__init__(mocks)
+        _KeptMonitor.last = self
+
+
+def run_raw(config: dict[str, str], monkeypatch):
+    monkeypatch.setattr(harness, "RecordingMonitor", _KeptMonitor)
+    _KeptMonitor.last = None
+    return run_program(config, ShapeMocks(), stack="dev")
+
+
+def test_the_table_config_registers_resources(monkeypatch):
+    run = run_raw(test_config.raw(test_config.GOOD), monkeypatch)
+    assert len(_KeptMonitor.last.registrations) > 10 and run.outputs["instances"]
+
+
+@pytest.mark.parametrize("path,value,message", test_config.BAD_INPUTS,
+                         ids=[f"{p}={v!r}"[:60] for p, v, _ in test_config.BAD_INPUTS])
+def test_every_bad_config_registers_nothing(path, value, message, monkeypatch):
+    with pytest.raises(Exception) as error:
+        run_raw(test_config.raw(test_config.changed(path, value)), monkeypatch)
+    assert message in str(error.value)
+    assert _KeptMonitor.last is not None and _KeptMonitor.last.registrations == {}
+
+
+def test_warnings_name_each_private_instance_without_public_ip(caplog):
+    hosts = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]["mailfleet:hosts"]
+    hosts[0]["instances"][0]["publicIp"] = "198.51.100.41"
+    with caplog.at_level(logging.WARNING):
+        run = run_stack("dev", **{"mailfleet:hosts": json.dumps(hosts)})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w for w in warnings if "publicIp" in w] == [
+        "mailfleet:hosts[0].instances[1]: instance postfix-dev2 sends from a private address 10.20.0.42 and has "
+        "no publicIp: receivers see the NAT's public address, so the A, PTR and SPF records published for it "
+        "will not match; set publicIp to that address"]
+    assert run.outputs["instances"] == {
+        "postfix-dev1": {"host": "devpostfix", "ip": "10.20.0.41", "hostname": "d41.dev.ecrm.com.tw",
+                         "publicIp": "198.51.100.41"},
+        "postfix-dev2": {"host": "devpostfix", "ip": "10.20.0.42", "hostname": "d42.dev.ecrm.com.tw"}}
+    records = {(r["name"], r["type"]): r["value"] for r in run.outputs["dnsRecords"]}
+    assert records[("d41.dev.ecrm.com.tw", "A")] == "198.51.100.41"
+    assert records[("41.100.51.198.in-addr.arpa", "PTR")] == "d41.dev.ecrm.com.tw"
+    assert records[("dev.ecrm.com.tw", "TXT")] == "v=spf1 ip4:198.51.100.41 ip4:10.20.0.42 -all"
+    # The instance still binds and sends from its own address.
+    stdin = run.monitor.named("postfix-dev1-config").inputs["stdin"]
+    assert "inet_interfaces = 10.20.0.41" in stdin and "198.51.100.41" not in stdin
+
+
+def test_every_dkim_record_in_every_output_comes_from_its_own_key():
+    import dns.name
+    import dns.rdatatype
+    import dns.zone
+
+    dkim = [{"domain": "dev.ecrm.com.tw", "selector": "dev1"}, {"domain": "dev.ecrm.com.tw", "selector": "dev2"},
+            {"domain": "ecrm.com.tw", "selector": "main"}]
+    run = run_stack("dev", **{"mailfleet:dkim": json.dumps(dkim)})
+    expected = {}
+    for entry in dkim:
+        name = f"{entry['selector']}._domainkey.{entry['domain']}"
+        expected[name] = dns_records.dkim_value(run.monitor.named(f"dkim-{name}").outputs["publicKeyPem"])
+    assert len(set(expected.values())) == 3  # the mocks make a real, different key for each
+    assert run.outputs["dkimRecords"] == expected
+    in_records = {r["name"]: r["value"] for r in run.outputs["dnsRecords"] if "._domainkey." in r["name"]}
+    assert in_records == expected
+    zone = dns.zone.from_text(run.outputs["zoneFile"], origin=dns.name.root, relativize=False, check_origin=False)
+    for name, value in expected.items():
+        (rdata,) = zone.find_rdataset(name + ".", dns.rdatatype.TXT)
+        assert b"".join(rdata.strings).decode() == value, name
