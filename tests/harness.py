@@ -40,6 +40,7 @@ class Registration:
     secret_inputs: set[str]
     """Top-level input names whose value, or a part of it, arrived as a secret."""
     outputs: dict[str, Any] = field(default_factory=dict)
+    additional_secret_outputs: list[str] = field(default_factory=list)
 
 
 def _unwrap(value: Any) -> Any:
@@ -78,6 +79,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 dependencies=list(request.dependencies),
                 inputs=_unwrap(rpc.deserialize_properties(request.object)),
                 secret_inputs={p.split(".")[0].split("[")[0] for p in _secret_paths(raw)},
+                additional_secret_outputs=list(request.additionalSecretOutputs),
             )
             registration.outputs = self.resources.get(response.urn, (None, None, {}))[2] if request.custom else {}
             with self._lock:

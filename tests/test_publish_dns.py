@@ -450,3 +450,88 @@ def test_check_reports_an_unreachable_server_as_missing(capsys, outputs_file):
     assert code == 1
     assert "lookup failed" in out
     assert "0 present" in out
+
+
+# ---- check as a command: every exit status; answers over 512 bytes -------------------------
+
+def test_check_as_a_command_exits_1_when_dns_is_wrong_and_2_on_bad_input(outputs_file, tmp_path):
+    def drop_dmarc(records):
+        records.remove(find(records, "_dmarc.example.org"))
+
+    with dns_server(served(drop_dmarc)) as port:
+        wrong = subprocess.run([sys.executable, TOOL, "check", outputs_file, "--nameserver", SERVER_ADDRESS,
+                                "--port", str(port), "--timeout", "3"], capture_output=True, text=True)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "missing   TXT _dmarc.example.org" in wrong.stdout
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"dnsRecords": "[secret]", "instances": {}}))
+    bad = subprocess.run([sys.executable, TOOL, "check", secret, "--nameserver", SERVER_ADDRESS],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--show-secrets" in bad.stderr, bad.stdout + bad.stderr
+
+
+# A DKIM value of about 740 characters (an RSA-4096 key's size): its answer is over 512 bytes.
+LONG_DKIM_VALUE = "v=DKIM1; k=rsa; p=" + base64.b64encode(bytes(range(256)) * 2 + bytes(range(38))).decode()
+
+
+@contextlib.contextmanager
+def dns_server_without_edns(zone_lines: list[str]):
+    """Like dns_server, but as a server that knows no EDNS: over UDP an answer is cut at 512 bytes
+    whatever size the client offers, and comes back empty with TC set. Yields the port and the
+    names asked over TCP."""
+    answers = _ZoneAnswers("\n".join(zone_lines))
+    asked_over_tcp: list[str] = []
+
+    class UdpHandler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            query = dns.message.from_wire(data)
+            query.use_edns(False)
+            sock.sendto(answers.respond(query.to_wire(), 512), self.client_address)
+
+    class TcpHandler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while header := self.rfile.read(2):
+                query = self.rfile.read(struct.unpack("!H", header)[0])
+                asked_over_tcp.append(dns.message.from_wire(query).question[0].name.to_text())
+                reply = answers.respond(query, None)
+                self.wfile.write(struct.pack("!H", len(reply)) + reply)
+
+    class Udp(socketserver.ThreadingMixIn, socketserver.UDPServer):
+        daemon_threads = True
+
+    class Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    udp = Udp((SERVER_ADDRESS, 0), UdpHandler)
+    port = udp.server_address[1]
+    tcp = Tcp((SERVER_ADDRESS, port), TcpHandler)
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (udp, tcp)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield port, asked_over_tcp
+    finally:
+        for server in (udp, tcp):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def test_check_asks_again_over_tcp_for_an_answer_over_512_bytes(capsys, tmp_path):
+    outputs = sample_outputs()
+    find(outputs["dnsRecords"], "sel1._domainkey.example.com")["value"] = LONG_DKIM_VALUE
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
+    name = "sel1._domainkey.example.com."
+    with dns_server_without_edns(publish_dns.zone_lines(outputs["dnsRecords"])) as (port, asked_over_tcp):
+        # Over UDP alone the record cannot be read: the answer is truncated and empty.
+        udp = dns.query.udp(dns.message.make_query(name, "TXT", use_edns=0, payload=4096),
+                            SERVER_ADDRESS, port=port, timeout=3)
+        assert udp.flags & dns.flags.TC and not udp.answer
+        code, out = check(capsys, path, port)
+    assert code == 0, out
+    assert f"present   TXT {name[:-1]}  {LONG_DKIM_VALUE[:69]}..." in out
+    assert name in asked_over_tcp

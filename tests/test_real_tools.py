@@ -11,10 +11,15 @@ from mailfleet import render
 from mailfleet.config import parse_config
 from rendered import rendered_files
 from keys import openssh_private_key
+from skips import skip_or_fail
 
 KEY = openssh_private_key()
-pytestmark = pytest.mark.skipif(not (shutil.which("postconf") and shutil.which("opendkim")),
-                                reason="Debian's postfix and opendkim are not installed (scripts/test installs them)")
+
+
+@pytest.fixture(autouse=True)
+def real_tools():
+    if not (shutil.which("postconf") and shutil.which("opendkim")):
+        skip_or_fail("Debian's postfix and opendkim are not installed (scripts/test installs them)")
 
 
 def write_stack(stack: str, root: Path):

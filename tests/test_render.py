@@ -1,6 +1,10 @@
-"""Rendered files against golden copies (UPDATE_GOLDEN=1 rewrites them after a reviewed change)."""
+"""Rendered files against golden copies.
+
+UPDATE_GOLDEN=1 rewrites them and fails (review the diff, then run again without it); under CI it is
+refused, so a CI run never blesses its own output."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,18 +25,46 @@ def fleet_of(stack: str):
     return parse_config(config)
 
 
+def rewrite_golden(folder: Path, files: dict[str, str]):
+    """Write the goldens anew and fail: a rewrite compares the files with themselves, so it is
+    never a pass. Refused under CI, where nobody reviews the diff."""
+    if os.environ.get("CI"):
+        pytest.fail("UPDATE_GOLDEN=1 is refused under CI: rewrite the goldens locally and commit them")
+    for stale in (p for p in folder.rglob("*") if p.is_file()):
+        if str(stale.relative_to(folder)) not in files:
+            stale.unlink()
+    for path, content in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(content)
+    pytest.fail(f"goldens in {folder} rewritten: review the diff (git diff {folder}), then run again "
+                "without UPDATE_GOLDEN")
+
+
 @pytest.mark.parametrize("stack", ["prod", "dev"])
 def test_rendered_files_match_golden(stack):
     files = rendered_files(fleet_of(stack))
     folder = GOLDEN / stack
     if os.environ.get("UPDATE_GOLDEN") == "1":
-        for path, content in files.items():
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            (folder / path).write_text(content)
+        rewrite_golden(folder, files)
     golden = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
     assert sorted(files) == sorted(golden)
     for path, content in files.items():
         assert content == golden[path], f"{stack}/{path} differs from its golden copy"
+
+
+def test_update_golden_is_never_a_pass_and_is_refused_under_ci(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN", tmp_path)
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="review the diff"):
+        test_rendered_files_match_golden("dev")
+    main_cf = tmp_path / "dev/etc/postfix/main.cf"
+    assert main_cf.read_text() == rendered_files(fleet_of("dev"))["etc/postfix/main.cf"]
+    main_cf.write_text("edited by hand\n")
+    monkeypatch.setenv("CI", "1")  # any non-empty CI is strict
+    with pytest.raises(pytest.fail.Exception, match="refused under CI"):
+        test_rendered_files_match_golden("dev")
+    assert main_cf.read_text() == "edited by hand\n"
 
 
 def settings(main_cf: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """RealMocks against a throwaway sshd on 127.0.0.1: the mocks must really deploy.
 
-Needs root and /usr/sbin/sshd (installed with apt-get when missing). Without them the
-tests skip, except under CI=true, where that is a failure.
+Needs root and /usr/sbin/sshd (installed with apt-get when missing): the tests that use the sshd
+are marked `integration`; without root or sshd they skip, and under CI (skips.py) they fail.
 """
 
 import os
@@ -23,17 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pulumi.runtime.sync_await import _ensure_event_loop
 from keys import pem_label
+from skips import skip_or_fail
 
 sys.path.insert(0, os.path.dirname(__file__))
 from real_mocks import RealMocks  # noqa: E402
 
 SSHD = "/usr/sbin/sshd"
-
-
-def _unavailable(reason):
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _ensure_sshd():
@@ -45,7 +40,7 @@ def _ensure_sshd():
         subprocess.run(["apt-get", "update"], env=env, capture_output=True)  # only when needed
         subprocess.run(install, env=env, capture_output=True)
     if not os.path.exists(SSHD):
-        _unavailable("openssh-server could not be installed")
+        skip_or_fail("openssh-server could not be installed")
 
 
 def _free_port():
@@ -69,7 +64,7 @@ def _openssh(key):
 def sshd():
     """A private sshd on 127.0.0.1:<free port>; yields (connection dict, client keys by format)."""
     if os.geteuid() != 0:
-        _unavailable("not root: sshd needs root to switch users")
+        skip_or_fail("not root: sshd needs root to switch users")
     _ensure_sshd()
     tmp = tempfile.mkdtemp(prefix="realmocks-sshd-")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
@@ -117,7 +112,7 @@ Subsystem sftp internal-sftp
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    _unavailable("sshd did not start: " + open(f"{tmp}/sshd.log").read()[-2000:])
+                    skip_or_fail("sshd did not start: " + open(f"{tmp}/sshd.log").read()[-2000:])
                 time.sleep(0.1)
         connection = {"host": "127.0.0.1", "port": port, "user": "root",
                       "privateKey": keys["ed25519-openssh"][1]}
@@ -166,6 +161,7 @@ def conn(connection, **overrides):
                                          private_key=c["privateKey"])
 
 
+@pytest.mark.integration
 def test_command_stdin_stdout_and_delete_script(sshd):
     connection, _, tmp = sshd
     mocks = RealMocks()
@@ -187,6 +183,7 @@ def test_command_stdin_stdout_and_delete_script(sshd):
     assert not os.path.exists(f"{tmp}/stdin-copy")
 
 
+@pytest.mark.integration
 def test_failing_command_raises_with_status_and_stderr(sshd):
     connection, _, _ = sshd
 
@@ -198,6 +195,7 @@ def test_failing_command_raises_with_status_and_stderr(sshd):
         run(RealMocks(), program)
 
 
+@pytest.mark.integration
 def test_environment_accepted_and_refused(sshd):
     connection, _, _ = sshd
 
@@ -210,6 +208,7 @@ def test_environment_accepted_and_refused(sshd):
         run(RealMocks(), lambda: program({"LANG": "C.UTF-8", "MAILFLEET_X": "1"}))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("key_format", ["ed25519-openssh", "ed25519-pkcs8", "rsa-pkcs1", "ecdsa-sec1"])
 def test_private_key_formats_authenticate(sshd, key_format):
     connection, keys, _ = sshd
@@ -223,6 +222,7 @@ def test_private_key_formats_authenticate(sshd, key_format):
     assert (rc, out, dialed) == (0, "root\n", [(connection["host"], connection["port"])])
 
 
+@pytest.mark.integration
 def test_depends_on_orders_commands(sshd):
     connection, _, tmp = sshd
     mocks = RealMocks()
@@ -239,6 +239,7 @@ def test_depends_on_orders_commands(sshd):
     assert [e["name"] for e in mocks.log] == ["writer", "reader"]
 
 
+@pytest.mark.integration
 def test_copy_to_remote(sshd):
     connection, _, tmp = sshd
 

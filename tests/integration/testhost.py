@@ -41,6 +41,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from skips import skip_or_fail  # noqa: F401  (the suite's one skip helper, re-exported)
+
 IMAGE_VERSION = "1"  # bump whenever the rootfs recipe below changes
 SUITE = "bookworm"
 HOSTNAME = "mailtest"
@@ -62,13 +64,6 @@ class TestHostUnavailable(Exception):
     """This machine cannot provide a test host (not root, tools or mirror missing)."""
 
     __test__ = False
-
-
-def skip_or_fail(reason):
-    import pytest
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _run(cmd, timeout=600):
