@@ -210,7 +210,17 @@ def test_stack_file_check_exit_status(tmp_path, capsys):
     assert check_stack_file.main([str(good)]) == 0
     assert check_stack_file.main([str(good), str(bad)]) == 1
     assert "Pulumi.prod.yaml: mailfleet:sshPrivateKey is in plaintext" in capsys.readouterr().out
-    assert check_stack_file.main([str(tmp_path / "Pulumi.absent.yaml")]) == 0
+    capsys.readouterr()
+    assert check_stack_file.main([str(tmp_path / "Pulumi.absent.yaml")]) == 1
+    assert f"{tmp_path / 'Pulumi.absent.yaml'}: no such file, so nothing was checked" in capsys.readouterr().out
+    assert check_stack_file.main([str(good), str(tmp_path / "Pulumi.absent.yaml")]) == 1
+    assert check_stack_file.main([]) == 2
+
+
+def test_stack_file_check_as_a_command_fails_on_a_missing_file(tmp_path):
+    result = subprocess.run([sys.executable, str(POLICY_DIR / "check_stack_file.py"), str(tmp_path / "Pulumi.typo.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "no such file" in result.stdout
 
 
 # ---- the pack as the engine runs it --------------------------------------------------------
