@@ -100,7 +100,8 @@ def _pattern(regex: str) -> str:
     return f"^(?:{regex})$"
 
 
-DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?"), "maxLength": 254})
+DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?").replace("a-z", "a-zA-Z"),
+                        "maxLength": 254})
 """A fully qualified domain name, lowercased, without the final dot."""
 
 
@@ -115,7 +116,8 @@ def _txt_name(value: str) -> str:
     return name
 
 
-TxtName = _rule(_txt_name, {"pattern": _pattern(_TXT_NAME.pattern + r"\.?"), "maxLength": 254})
+TxtName = _rule(_txt_name, {"pattern": _pattern(_TXT_NAME.pattern + r"\.?").replace("a-z", "a-zA-Z"),
+                            "maxLength": 254})
 """A DNS name for a TXT record: like DnsName, and its labels may start with '_' (_spf.example.com)."""
 
 
@@ -186,7 +188,7 @@ def _unicast_ipv4(value: Any) -> str:
     return str(address)
 
 
-UnicastIPv4 = _rule(_unicast_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+UnicastIPv4 = _rule(_unicast_ipv4, {"type": "string", "pattern": _IPV4_PATTERN}, base=Any)
 """A dotted IPv4 address of one host: not 0.0.0.0, multicast, 240/4, link-local or broadcast."""
 
 
@@ -198,7 +200,7 @@ def _sender_ipv4(value: Any) -> str:
     return str(address)
 
 
-SenderIPv4 = _rule(_sender_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+SenderIPv4 = _rule(_sender_ipv4, {"type": "string", "pattern": _IPV4_PATTERN}, base=Any)
 """An address mail can be sent from (and so listened on)."""
 
 
@@ -250,7 +252,7 @@ def _relay_network(value: Any) -> str:
     return str(network)
 
 
-RelayNetwork = _rule(_relay_network, {"pattern": _pattern(
+RelayNetwork = _rule(_relay_network, {"type": "string", "pattern": _pattern(
     r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}/(?:[89]|[12][0-9]|3[0-2])")}, base=Any)
 
 _POSTFIX_TIME = re.compile(r"[1-9][0-9]*[smhdw]?")
@@ -470,9 +472,9 @@ class HostNetwork(_Model):
 class Host(_Model):
     name: DnsLabel
     instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)]
-    address: Annotated[StrictStr, AfterValidator(_host_address)] | None = Field(
+    address: _rule(_host_address, {"pattern": _NO_CONTROL}) | None = Field(
         None, description="existing-host mode: SSH here; without it a VM is created on vSphere")
-    ssh_user: Annotated[StrictStr, AfterValidator(_unix_user)] = "root"
+    ssh_user: _rule(_unix_user, {"pattern": _pattern(_UNIX_USER.pattern)}) = "root"
     ssh_port: int_range(1, 65535) = 22
     vm: VmSize | None = None
     network: HostNetwork | None = None
@@ -567,7 +569,7 @@ class Tls(_Model):
 
 class Dmarc(_Model):
     policy: Literal["none", "quarantine", "reject"] = "none"
-    rua: Annotated[StrictStr, AfterValidator(_mailto)] | None = Field(None, description="mailto: address for aggregate reports")
+    rua: _rule(_mailto, {"pattern": _NO_CONTROL}) | None = Field(None, description="mailto: address for aggregate reports")
 
 
 class Fleet(_Model):
@@ -578,10 +580,10 @@ class Fleet(_Model):
     vsphere: Vsphere | None = None
     ssh_private_key: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "a PEM or OpenSSH private key"))
                                ] | None = Field(None, repr=False)
-    ssh_authorized_keys: tuple[Annotated[StrictStr, AfterValidator(_ssh_public_key)], ...] = ()
+    ssh_authorized_keys: tuple[_rule(_ssh_public_key, {"pattern": _pattern(_SSH_PUBLIC_KEY.pattern)}), ...] = ()
     relay_networks: tuple[RelayNetwork, ...] = ()
-    relayhost: Annotated[StrictStr, AfterValidator(_relayhost)] | None = None
-    mail_name: Annotated[StrictStr, AfterValidator(_mail_name)] = "Postfix"
+    relayhost: _rule(_relayhost, {"pattern": _NO_CONTROL}) | None = None
+    mail_name: _rule(_mail_name, {"pattern": _pattern(_MAIL_NAME.pattern)}) = "Postfix"
     queue: Queue = Queue()
     tls: Tls = Tls()
     dmarc: Dmarc = Dmarc()
@@ -966,3 +968,7 @@ def stack_file_schema() -> dict[str, Any]:
         },
         "$defs": {**definitions, "secure": secure},
     }
+
+
+if __name__ == "__main__":  # venv/bin/python -m mailfleet.config > schema/mailfleet-stack.schema.json
+    print(json.dumps(stack_file_schema(), indent=2))
