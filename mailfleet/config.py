@@ -180,10 +180,14 @@ def _ipv4(value: Any) -> ipaddress.IPv4Address:
         raise _problem(f"{value!r} is not an IPv4 address") from None
 
 
+def _not_a_host(address: ipaddress.IPv4Address) -> bool:
+    # is_reserved is 240/4, which holds the limited broadcast 255.255.255.255.
+    return address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local
+
+
 def _unicast_ipv4(value: Any) -> str:
     address = _ipv4(value)
-    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
-            or address == ipaddress.IPv4Address("255.255.255.255"):
+    if _not_a_host(address):
         raise _problem(f"{address} is not a unicast host address")
     return str(address)
 
@@ -194,8 +198,7 @@ UnicastIPv4 = _rule(_unicast_ipv4, {"type": "string", "pattern": _IPV4_PATTERN},
 
 def _sender_ipv4(value: Any) -> str:
     address = _ipv4(value)
-    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
-            or address == ipaddress.IPv4Address("255.255.255.255"):
+    if _not_a_host(address):
         raise _problem(f"{address} cannot be a sender address")
     return str(address)
 
