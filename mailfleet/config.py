@@ -797,6 +797,7 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield f"{path}.{key}", f"duplicate {what} {value!r} (also {first})"
 
     public_addresses: list[tuple[str, str]] = []
+    seen_public: dict[str, tuple[str, str]] = {}
     for h, host in hosts:
         host_path = f"{NAMESPACE}:hosts[{h}]"
         yield from unique("host", _valid(DnsLabel, host.get("name")), host_path, "name", "host name")
@@ -811,10 +812,13 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield from unique("name", name, path, "name", "instance name")
             yield from unique("ip", ip, path, "ip", "instance ip")
             yield from unique("hostname", _valid(DnsName, instance.get("hostname")), path, "hostname", "instance hostname")
-            if public_ip is not None:
-                yield from unique("public", public_ip, path, "publicIp", "public address")
-            elif ip is not None:
-                first_seen.setdefault(("public", ip), path)
+            # The address receivers see must be unique too: a publicIp may not be another
+            # instance's publicIp, nor the ip of one without NAT (two ips alike: reported above).
+            seen_as = public_ip and "publicIp" or ip and "ip"
+            if seen_as:
+                first, first_as = seen_public.setdefault(public_ip or ip, (path, seen_as))
+                if first != path and "publicIp" in (seen_as, first_as):
+                    yield f"{path}.{seen_as}", f"duplicate public address {public_ip or ip!r} (also {first})"
             if ip is not None and network is not None:
                 yield from _inside_network(ip, network, f"{path}.ip")
             if ip is not None or public_ip is not None:
