@@ -957,13 +957,12 @@ def stack_file_schema() -> dict[str, Any]:
         "type": "object",
         "description": "Stack configuration: mailfleet's keys, and other namespaces (vsphere:, ...) left alone.",
         "properties": properties,
-        "required": [f"{NAMESPACE}:{key}" for key in fleet.get("required", [])],
         "patternProperties": {rf"^(?!{NAMESPACE}:)[^:]+:.+$": {}},
         "additionalProperties": False,
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://github.com/mailfleet/mailfleet/schema/mailfleet-stack.schema.json",
+        "$id": "urn:mailfleet:pulumi-stack-file",
         "title": "Pulumi.<stack>.yaml of mailfleet",
         "type": "object",
         "properties": {
@@ -973,6 +972,10 @@ def stack_file_schema() -> dict[str, Any]:
             "encryptedkey": {"type": "string"},
             "encryptionsalt": {"type": "string"},
         },
+        # Required keys may come from a Pulumi ESC environment instead of the file.
+        "if": {"not": {"required": ["environment"]}},
+        "then": {"properties": {"config": {"required": [f"{NAMESPACE}:{key}" for key in fleet.get("required", [])]}},
+                 "required": ["config"]},
         "$defs": {**definitions, "secure": secure},
     }
 
