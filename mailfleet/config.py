@@ -100,7 +100,8 @@ def _pattern(regex: str) -> str:
     return f"^(?:{regex})$"
 
 
-DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?"), "maxLength": 254})
+DnsName = _rule(_fqdn, {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LABEL}\.?").replace("a-z", "a-zA-Z"),
+                        "maxLength": 254})
 """A fully qualified domain name, lowercased, without the final dot."""
 
 
@@ -115,7 +116,8 @@ def _txt_name(value: str) -> str:
     return name
 
 
-TxtName = _rule(_txt_name, {"pattern": _pattern(_TXT_NAME.pattern + r"\.?"), "maxLength": 254})
+TxtName = _rule(_txt_name, {"pattern": _pattern(_TXT_NAME.pattern + r"\.?").replace("a-z", "a-zA-Z"),
+                            "maxLength": 254})
 """A DNS name for a TXT record: like DnsName, and its labels may start with '_' (_spf.example.com)."""
 
 
@@ -178,27 +180,30 @@ def _ipv4(value: Any) -> ipaddress.IPv4Address:
         raise _problem(f"{value!r} is not an IPv4 address") from None
 
 
+def _not_a_host(address: ipaddress.IPv4Address) -> bool:
+    # is_reserved is 240/4, which holds the limited broadcast 255.255.255.255.
+    return address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local
+
+
 def _unicast_ipv4(value: Any) -> str:
     address = _ipv4(value)
-    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
-            or address == ipaddress.IPv4Address("255.255.255.255"):
+    if _not_a_host(address):
         raise _problem(f"{address} is not a unicast host address")
     return str(address)
 
 
-UnicastIPv4 = _rule(_unicast_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+UnicastIPv4 = _rule(_unicast_ipv4, {"type": "string", "pattern": _IPV4_PATTERN}, base=Any)
 """A dotted IPv4 address of one host: not 0.0.0.0, multicast, 240/4, link-local or broadcast."""
 
 
 def _sender_ipv4(value: Any) -> str:
     address = _ipv4(value)
-    if address.is_unspecified or address.is_multicast or address.is_reserved or address.is_link_local \
-            or address == ipaddress.IPv4Address("255.255.255.255"):
+    if _not_a_host(address):
         raise _problem(f"{address} cannot be a sender address")
     return str(address)
 
 
-SenderIPv4 = _rule(_sender_ipv4, {"pattern": _IPV4_PATTERN}, base=Any)
+SenderIPv4 = _rule(_sender_ipv4, {"type": "string", "pattern": _IPV4_PATTERN}, base=Any)
 """An address mail can be sent from (and so listened on)."""
 
 
@@ -250,7 +255,7 @@ def _relay_network(value: Any) -> str:
     return str(network)
 
 
-RelayNetwork = _rule(_relay_network, {"pattern": _pattern(
+RelayNetwork = _rule(_relay_network, {"type": "string", "pattern": _pattern(
     r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}/(?:[89]|[12][0-9]|3[0-2])")}, base=Any)
 
 _POSTFIX_TIME = re.compile(r"[1-9][0-9]*[smhdw]?")
@@ -470,9 +475,9 @@ class HostNetwork(_Model):
 class Host(_Model):
     name: DnsLabel
     instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)]
-    address: Annotated[StrictStr, AfterValidator(_host_address)] | None = Field(
+    address: _rule(_host_address, {"pattern": _NO_CONTROL}) | None = Field(
         None, description="existing-host mode: SSH here; without it a VM is created on vSphere")
-    ssh_user: Annotated[StrictStr, AfterValidator(_unix_user)] = "root"
+    ssh_user: _rule(_unix_user, {"pattern": _pattern(_UNIX_USER.pattern)}) = "root"
     ssh_port: int_range(1, 65535) = 22
     vm: VmSize | None = None
     network: HostNetwork | None = None
@@ -567,7 +572,7 @@ class Tls(_Model):
 
 class Dmarc(_Model):
     policy: Literal["none", "quarantine", "reject"] = "none"
-    rua: Annotated[StrictStr, AfterValidator(_mailto)] | None = Field(None, description="mailto: address for aggregate reports")
+    rua: _rule(_mailto, {"pattern": _NO_CONTROL}) | None = Field(None, description="mailto: address for aggregate reports")
 
 
 class Fleet(_Model):
@@ -578,10 +583,10 @@ class Fleet(_Model):
     vsphere: Vsphere | None = None
     ssh_private_key: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "a PEM or OpenSSH private key"))
                                ] | None = Field(None, repr=False)
-    ssh_authorized_keys: tuple[Annotated[StrictStr, AfterValidator(_ssh_public_key)], ...] = ()
+    ssh_authorized_keys: tuple[_rule(_ssh_public_key, {"pattern": _pattern(_SSH_PUBLIC_KEY.pattern)}), ...] = ()
     relay_networks: tuple[RelayNetwork, ...] = ()
-    relayhost: Annotated[StrictStr, AfterValidator(_relayhost)] | None = None
-    mail_name: Annotated[StrictStr, AfterValidator(_mail_name)] = "Postfix"
+    relayhost: _rule(_relayhost, {"pattern": _NO_CONTROL}) | None = None
+    mail_name: _rule(_mail_name, {"pattern": _pattern(_MAIL_NAME.pattern)}) = "Postfix"
     queue: Queue = Queue()
     tls: Tls = Tls()
     dmarc: Dmarc = Dmarc()
@@ -792,6 +797,7 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield f"{path}.{key}", f"duplicate {what} {value!r} (also {first})"
 
     public_addresses: list[tuple[str, str]] = []
+    seen_public: dict[str, tuple[str, str]] = {}
     for h, host in hosts:
         host_path = f"{NAMESPACE}:hosts[{h}]"
         yield from unique("host", _valid(DnsLabel, host.get("name")), host_path, "name", "host name")
@@ -806,10 +812,13 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield from unique("name", name, path, "name", "instance name")
             yield from unique("ip", ip, path, "ip", "instance ip")
             yield from unique("hostname", _valid(DnsName, instance.get("hostname")), path, "hostname", "instance hostname")
-            if public_ip is not None:
-                yield from unique("public", public_ip, path, "publicIp", "public address")
-            elif ip is not None:
-                first_seen.setdefault(("public", ip), path)
+            # The address receivers see must be unique too: a publicIp may not be another
+            # instance's publicIp, nor the ip of one without NAT (two ips alike: reported above).
+            seen_as = public_ip and "publicIp" or ip and "ip"
+            if seen_as:
+                first, first_as = seen_public.setdefault(public_ip or ip, (path, seen_as))
+                if first != path and "publicIp" in (seen_as, first_as):
+                    yield f"{path}.{seen_as}", f"duplicate public address {public_ip or ip!r} (also {first})"
             if ip is not None and network is not None:
                 yield from _inside_network(ip, network, f"{path}.ip")
             if ip is not None or public_ip is not None:
@@ -948,13 +957,12 @@ def stack_file_schema() -> dict[str, Any]:
         "type": "object",
         "description": "Stack configuration: mailfleet's keys, and other namespaces (vsphere:, ...) left alone.",
         "properties": properties,
-        "required": [f"{NAMESPACE}:{key}" for key in fleet.get("required", [])],
         "patternProperties": {rf"^(?!{NAMESPACE}:)[^:]+:.+$": {}},
         "additionalProperties": False,
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://github.com/mailfleet/mailfleet/schema/mailfleet-stack.schema.json",
+        "$id": "urn:mailfleet:pulumi-stack-file",
         "title": "Pulumi.<stack>.yaml of mailfleet",
         "type": "object",
         "properties": {
@@ -964,5 +972,13 @@ def stack_file_schema() -> dict[str, Any]:
             "encryptedkey": {"type": "string"},
             "encryptionsalt": {"type": "string"},
         },
+        # Required keys may come from a Pulumi ESC environment instead of the file.
+        "if": {"not": {"required": ["environment"]}},
+        "then": {"properties": {"config": {"required": [f"{NAMESPACE}:{key}" for key in fleet.get("required", [])]}},
+                 "required": ["config"]},
         "$defs": {**definitions, "secure": secure},
     }
+
+
+if __name__ == "__main__":  # venv/bin/python -m mailfleet.config > schema/mailfleet-stack.schema.json
+    print(json.dumps(stack_file_schema(), indent=2))

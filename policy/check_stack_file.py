@@ -6,7 +6,8 @@ A policy pack cannot see whether stack configuration is secret (see mailfleet_po
 this checks the file itself, where a plaintext key would end up in git. `pulumi config set
 --secret` stores a value as `{secure: v1:...}`; so does `--secret --path 'mailfleet:tls.keyPem'`
 for one field of an object. Configuration from a Pulumi ESC environment is not in the file and
-needs no check here. Exit status 1 names each offending key.
+needs no check here (so do not pass a stack file that does not exist: that is an error, as a
+typo in the name would otherwise check nothing). Exit status 1 names each offending key or file.
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ def plaintext_secrets(stack_file: dict) -> list[str]:
 
 
 def main(paths: list[str]) -> int:
+    if not paths:
+        print("usage: check_stack_file.py Pulumi.<stack>.yaml [...]", file=sys.stderr)
+        return 2
     problems = []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as file:
                 stack_file = yaml.safe_load(file) or {}
-        except FileNotFoundError:  # a stack whose configuration lives elsewhere (ESC, Pulumi Cloud)
-            print(f"{path}: not found, nothing to check")
+        except FileNotFoundError:
+            problems.append(f"{path}: no such file, so nothing was checked (a stack configured only in "
+                            "Pulumi ESC has no file: leave it out of the list)")
             continue
         problems += [f"{path}: {problem}" for problem in plaintext_secrets(stack_file)]
     print("\n".join(problems) or f"no plaintext secrets in {', '.join(paths)}")

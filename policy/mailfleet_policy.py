@@ -29,6 +29,7 @@ What a Python policy pack can and cannot see (pulumi-policy 1.21, read in its so
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterator
@@ -103,13 +104,15 @@ def _expand(value: str, settings: Mapping[str, str]) -> str:
 # ---- validators -----------------------------------------------------------------------------
 
 def dkim_key_strength(args: Any, report_violation: ReportViolation) -> None:
-    """A DKIM signing key is RSA of at least 2048 bits: receivers reject weaker RSA keys
-    (RFC 8301), and OpenDKIM on the hosts signs with RSA."""
+    """A DKIM signing key is RSA of at least 2048 bits (receivers reject weaker RSA keys,
+    RFC 8301) or Ed25519 (RFC 8463); DKIM knows no other algorithm."""
     if args.resource_type != "tls:index/privateKey:PrivateKey" or "dkim" not in args.name.lower():
         return
     algorithm = args.props.get("algorithm")
+    if algorithm == "ED25519":
+        return
     if algorithm != "RSA":
-        report_violation(f"DKIM key {args.name} uses algorithm {algorithm!r}; it must be 'RSA'")
+        report_violation(f"DKIM key {args.name} uses algorithm {algorithm!r}; it must be 'RSA' or 'ED25519'")
         return
     bits = args.props.get("rsaBits") or TLS_DEFAULT_RSA_BITS
     if bits < MIN_DKIM_RSA_BITS:
@@ -134,6 +137,35 @@ def instance_source_address(args: Any, report_violation: ReportViolation) -> Non
                              f"host's primary address instead of {listen or 'its own IP'}")
         elif bind != listen:
             report_violation(f"{instance}: smtp_bind_address {bind!r} differs from inet_interfaces {listen!r}")
+
+
+WIDEST_RELAY_PREFIX = 8  # the same limit as the program's config validation
+
+
+def relay_networks_not_open(args: Any, report_violation: ReportViolation) -> None:
+    """No instance relays for a network wider than /8 (0.0.0.0/0 is an open relay that DKIM-signs
+    for the world). Reads `mynetworks` of each instance main.cf in a -config command's stdin,
+    which is what the hosts get; the config validation refuses the same, this catches a program
+    or template change that would bypass it."""
+    if args.resource_type != "command:remote:Command" or not args.name.endswith("-config"):
+        return
+    stdin = _known(args.props, "stdin")
+    if not isinstance(stdin, str):
+        return
+    for settings in instance_main_cfs(stdin):
+        instance = settings["multi_instance_name"]
+        if "mynetworks" not in settings:
+            report_violation(f"{instance}: main.cf sets no mynetworks, so Postfix derives it from "
+                             "mynetworks_style; mailfleet always lists its relay networks")
+            continue
+        for entry in re.split(r"[\s,]+", _expand(settings["mynetworks"], settings).strip()):
+            try:
+                network = ipaddress.ip_network(entry.strip("[]").replace("]/", "/"), strict=False)
+            except ValueError:
+                continue  # a lookup table or a name; the program writes neither
+            if network.prefixlen < (WIDEST_RELAY_PREFIX if network.version == 4 else 16):
+                report_violation(f"{instance}: mynetworks holds {entry}, wider than /{WIDEST_RELAY_PREFIX}: "
+                                 "that lets a large part of the internet relay mail, DKIM-signed, through it")
 
 
 _MILTER_ACCEPT = re.compile(r"\bmilter_default_action\s*=\s*accept\b")
@@ -189,4 +221,5 @@ VALIDATORS = {
     "instance-source-address": instance_source_address,
     "milter-never-accept": milter_never_accept,
     "no-plain-private-keys": no_plain_private_keys,
+    "relay-networks-not-open": relay_networks_not_open,
 }

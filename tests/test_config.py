@@ -157,6 +157,8 @@ BAD_INPUTS = [
     ("mailfleets:hosts", [], "mailfleets:hosts: namespace 'mailfleets' is not 'mailfleet'"),
     # This round's keys.
     ("hosts.1.instances.0.publicIp", "203.0.113.45", "mailfleet:hosts[1].instances[0].publicIp: duplicate public address '203.0.113.45' (also mailfleet:hosts[0].instances[1])"),
+    ("hosts.1.instances.0.ip", "203.0.113.45", "mailfleet:hosts[1].instances[0].ip: duplicate public address '203.0.113.45' (also mailfleet:hosts[0].instances[1])"),
+    ("hosts.0.instances.0.publicIp", "203.0.113.45", "mailfleet:hosts[0].instances[1].publicIp: duplicate public address '203.0.113.45' (also mailfleet:hosts[0].instances[0])"),
     ("dkim", [{"domain": "example.com", "selector": "s1", "algorithm": "dsa"}], "mailfleet:dkim[0].algorithm: 'dsa' must be rsa or ed25519"),
     ("dkim", [{"domain": "example.com", "selector": "s1", "algorithm": "ed25519", "bits": 2048}], "mailfleet:dkim[0].bits: applies only to RSA keys"),
     ("dkim", [{"domain": "example.com", "selector": "s1", "bits": "2048"}], "mailfleet:dkim[0].bits: must be an integer, got a string"),

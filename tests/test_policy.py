@@ -57,6 +57,10 @@ def test_dkim_key_strength_accepts_rsa_2048_and_more():
     assert violations(rules.dkim_key_strength, tls_key("dkim-example-com-sel1", algorithm="RSA")) == []
 
 
+def test_dkim_key_strength_accepts_ed25519():
+    assert violations(rules.dkim_key_strength, tls_key("dkim-e1._domainkey.example.com", algorithm="ED25519")) == []
+
+
 def test_dkim_key_strength_rejects_short_or_non_rsa_keys():
     [short] = violations(rules.dkim_key_strength, tls_key("mx1-DKIM-sel1", algorithm="RSA", rsaBits=1024))
     assert "rsaBits 1024" in short
@@ -151,6 +155,32 @@ def test_milter_never_accept_accepts_tempfail_and_unset():
     assert violations(rules.milter_never_accept, command("mx1-install", create="apt-get install -y postfix")) == []
 
 
+# ---- relay-networks-not-open ---------------------------------------------------------------
+
+def with_mynetworks(value: str) -> str:
+    return config_script(instance_main_cf() + f"mynetworks = {value}\n")
+
+
+@pytest.mark.parametrize("mynetworks", ["127.0.0.0/8", "127.0.0.0/8, 10.0.0.0/8, 192.0.2.0/24",
+                                        "127.0.0.0/8 [::1]/128 [2001:db8::]/32"])
+def test_relay_networks_not_open_accepts_networks_up_to_a_slash_8(mynetworks):
+    assert violations(rules.relay_networks_not_open, command("postfix-43-config", stdin=with_mynetworks(mynetworks))) == []
+
+
+@pytest.mark.parametrize("mynetworks,entry", [("127.0.0.0/8, 0.0.0.0/0", "0.0.0.0/0"),
+                                              ("127.0.0.0/8,10.0.0.0/7", "10.0.0.0/7"),
+                                              ("127.0.0.0/8\n    128.0.0.0/1", "128.0.0.0/1"),
+                                              ("[::]/0", "[::]/0")])
+def test_relay_networks_not_open_rejects_wider_networks(mynetworks, entry):
+    [message] = violations(rules.relay_networks_not_open, command("postfix-43-config", stdin=with_mynetworks(mynetworks)))
+    assert message.startswith(f"postfix-43: mynetworks holds {entry}, wider than /8")
+
+
+def test_relay_networks_not_open_wants_mynetworks_set():
+    [message] = violations(rules.relay_networks_not_open, command("postfix-43-config", stdin=config_script(instance_main_cf())))
+    assert "sets no mynetworks" in message
+
+
 # ---- no-plain-private-keys -----------------------------------------------------------------
 
 def test_no_plain_private_keys_rejects_a_key_in_an_input_that_is_not_secret():
@@ -210,7 +240,17 @@ def test_stack_file_check_exit_status(tmp_path, capsys):
     assert check_stack_file.main([str(good)]) == 0
     assert check_stack_file.main([str(good), str(bad)]) == 1
     assert "Pulumi.prod.yaml: mailfleet:sshPrivateKey is in plaintext" in capsys.readouterr().out
-    assert check_stack_file.main([str(tmp_path / "Pulumi.absent.yaml")]) == 0
+    capsys.readouterr()
+    assert check_stack_file.main([str(tmp_path / "Pulumi.absent.yaml")]) == 1
+    assert f"{tmp_path / 'Pulumi.absent.yaml'}: no such file, so nothing was checked" in capsys.readouterr().out
+    assert check_stack_file.main([str(good), str(tmp_path / "Pulumi.absent.yaml")]) == 1
+    assert check_stack_file.main([]) == 2
+
+
+def test_stack_file_check_as_a_command_fails_on_a_missing_file(tmp_path):
+    result = subprocess.run([sys.executable, str(POLICY_DIR / "check_stack_file.py"), str(tmp_path / "Pulumi.typo.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "no such file" in result.stdout
 
 
 # ---- the pack as the engine runs it --------------------------------------------------------
@@ -291,7 +331,8 @@ def program_resources(request):
             for r in run.monitor.registrations.values() if ":" in r.type and not r.type.startswith("mailfleet:")]
 
 
-@pytest.mark.parametrize("rule", ["dkim-key-strength", "instance-source-address", "milter-never-accept"])
+@pytest.mark.parametrize("rule", ["dkim-key-strength", "instance-source-address", "milter-never-accept",
+                                  "relay-networks-not-open"])
 def test_the_program_passes_the_mail_rules(program_resources, rule):
     assert any(args.name.endswith("-config") for args in program_resources)
     found = {args.name: violations(rules.VALIDATORS[rule], args) for args in program_resources}
@@ -305,3 +346,22 @@ def test_the_program_passes_no_plain_private_keys(program_resources):
 
 def test_the_example_stack_files_hold_no_plaintext_secrets():
     assert check_stack_file.main([str(REPO / "Pulumi.dev.yaml"), str(REPO / "Pulumi.prod.yaml")]) == 0
+
+
+def test_the_pack_sees_a_wide_relay_network_the_program_would_install(monkeypatch):
+    """Around the config validation (as a program or template change could), the rule still finds
+    the network in what the program registers."""
+    from mailfleet import render
+
+    config, secret_keys = harness.stack_config(REPO / "Pulumi.dev.yaml", {"mailfleet:sshPrivateKey": OPENSSH_KEY})
+    monkeypatch.setattr(render, "mynetworks", lambda fleet: ["127.0.0.0/8", *fleet.relay_networks, "0.0.0.0/0"])
+    run = harness.run_program(config, ShapeMocks(), secret_keys=secret_keys, stack="dev")
+    found = {r.name: violations(rules.relay_networks_not_open, resource(r.type, r.name, r.inputs))
+             for r in run.monitor.registrations.values() if r.type == "command:remote:Command"}
+    assert {name: len(messages) for name, messages in found.items() if messages} == {
+        "postfix-dev1-config": 1, "postfix-dev2-config": 1}
+
+
+def test_pack_blocks_a_wide_relay_network(analyzer):
+    assert analyze(analyzer, "command:remote:Command", "postfix-43-config",
+                   {"stdin": with_mynetworks("0.0.0.0/0")}) == [("relay-networks-not-open", analyzer_pb2.MANDATORY)]

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import socketserver
 import struct
@@ -535,3 +536,134 @@ def test_check_asks_again_over_tcp_for_an_answer_over_512_bytes(capsys, tmp_path
     assert code == 0, out
     assert f"present   TXT {name[:-1]}  {LONG_DKIM_VALUE[:69]}..." in out
     assert name in asked_over_tcp
+
+
+# ---- publicIp, empty batches, the README's commands, the program's venv -------------------------
+
+def nat_outputs() -> dict:
+    """postfix-45 sits behind one-to-one NAT: DNS names its public address, 203.0.113.45."""
+    outputs = sample_outputs()
+    outputs["instances"]["postfix-45"]["publicIp"] = "203.0.113.45"
+    for item in outputs["dnsRecords"]:
+        if item["value"] == "127.0.0.45":
+            item["value"] = "203.0.113.45"
+        if item["name"] == "45.0.0.127.in-addr.arpa":
+            item["name"] = "45.113.0.203.in-addr.arpa"
+        item["value"] = item["value"].replace("ip4:127.0.0.45", "ip4:203.0.113.45")
+    return outputs
+
+
+def test_check_confirms_reverse_dns_of_the_public_address(capsys, tmp_path):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(nat_outputs()))
+    with dns_server(publish_dns.zone_lines(nat_outputs()["dnsRecords"])) as port:
+        code, out = check(capsys, path, port)
+    assert code == 0, out
+    assert "fcrdns ok  postfix-45  203.0.113.45 -> s45.mail.example.com -> 203.0.113.45" in out
+
+    # DNS that still names the private address fails, for the record and for FCrDNS.
+    with dns_server(publish_dns.zone_lines(sample_outputs()["dnsRecords"])) as port:
+        code, out = check(capsys, path, port)
+    assert code == 1
+    assert "fcrdns FAILED  postfix-45  PTR of 203.0.113.45: no PTR record" in out
+
+
+def test_nsupdate_with_a_zone_that_holds_nothing_is_an_error(capsys, outputs_file):
+    code, out, err = run_main(capsys, "nsupdate", outputs_file, "--zone", "example.net")
+    assert code == 2 and out == ""
+    assert "no record of the stack is inside zone example.net" in err and "example.com" in err
+
+
+def readme_stack(title: str) -> str:
+    """The YAML block that follows a line of README.md starting with `title`."""
+    readme = (REPO / "README.md").read_text()
+    after = readme[readme.index(title):]
+    return after[after.index("```yaml\n") + len("```yaml\n"):after.index("\n```", after.index("```yaml"))]
+
+
+def readme_command(prefix: str) -> str:
+    (line,) = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix)]
+    return line
+
+
+REPO = TOOL.parent.parent
+
+
+def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
+    # The README's example stack, run as the program under mocks, gives the outputs...
+    import yaml
+    sys.path.insert(0, str(REPO / "tests"))
+    import harness
+    from keys import openssh_private_key
+    from shape_mocks import ShapeMocks
+
+    stack_file = tmp_path / "Pulumi.prod.yaml"
+    stack_file.write_text(readme_stack("`Pulumi.prod.yaml`: a VM"))
+    assert "example.com" in yaml.safe_load(stack_file.read_text())["config"]["mailfleet:dkim"][0]["domain"]
+    config, secret_keys = harness.stack_config(stack_file, {"mailfleet:sshPrivateKey": openssh_private_key()})
+    run = harness.run_program(config, ShapeMocks(), secret_keys=secret_keys, stack="prod")
+    (tmp_path / "outputs.json").write_text(json.dumps(run.outputs))
+
+    # ...and the README's exact command line makes a batch that adds records and sends them.
+    command = readme_command("venv/bin/python tools/publish_dns.py nsupdate ")
+    argv, _, target = command.partition(" > ")
+    words = argv.split()
+    assert words[:2] == ["venv/bin/python", "tools/publish_dns.py"]
+    with open(tmp_path / target.split()[0], "w") as batch:
+        result = subprocess.run([sys.executable, str(TOOL), *words[2:]], cwd=tmp_path, stdout=batch,
+                                stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "update.txt").read_text().splitlines()
+    adds = [line for line in lines if line.startswith("update add ")]
+    assert len(adds) >= 6 and lines[-1] == "send", lines
+    assert {"update add example.com. 3600 TXT \"v=spf1 ip4:198.51.100.43 ip4:198.51.100.45 -all\"",
+            "update add s43.mail.example.com. 3600 A 198.51.100.43"} <= set(lines)
+
+
+def test_the_tool_needs_only_what_requirements_txt_installs(tmp_path):
+    """Every module the tool imports (zone and check) comes from a distribution that
+    requirements.txt installs, directly or as a dependency: none from requirements-dev.txt."""
+    from importlib import metadata
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap_dedent(f"""
+        import json, runpy, sys
+        before = set(sys.modules)  # what the interpreter loaded at start (.pth hooks) is not the tool's
+        sys.argv = ["publish_dns.py", "check", {str(tmp_path / 'outputs.json')!r}, "--nameserver",
+                    "{SERVER_ADDRESS}", "--port", "9", "--timeout", "0.1"]
+        try:
+            runpy.run_path({str(TOOL)!r}, run_name="__main__")
+        except SystemExit:
+            pass
+        print(json.dumps(sorted({{name.split(".")[0] for name in set(sys.modules) - before}})), file=sys.stderr)
+    """))
+    (tmp_path / "outputs.json").write_text(json.dumps(sample_outputs()))
+    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120)
+    modules = json.loads(result.stderr.strip().splitlines()[-1])
+    assert "dns" in modules  # check really ran its lookups
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    wanted = [name(line) for line in (REPO / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    closure: set[str] = set()
+    while wanted:
+        dist = wanted.pop()
+        if dist in closure:
+            continue
+        closure.add(dist)
+        try:
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            continue
+        wanted += [name(r) for r in requires if "extra ==" not in r]
+    providers = metadata.packages_distributions()
+    outside = {module: providers[module] for module in modules
+               if module in providers and not any(name(d) in closure for d in providers[module])}
+    assert outside == {}, f"imported from packages requirements.txt does not install: {outside}"
+
+
+def textwrap_dedent(text: str) -> str:
+    import textwrap
+    return textwrap.dedent(text)

@@ -12,8 +12,11 @@ provider takes, or checks them against live DNS:
     publish_dns.py check --stack prod [--nameserver IP [--port N]]
 
 `check` exits 0 when every record is present and right and every instance passes
-forward-confirmed reverse DNS (its IP's PTR names its hostname, whose A record holds the IP);
-1 otherwise. Bad input exits 2.
+forward-confirmed reverse DNS (the PTR of the address receivers see, its `publicIp` or else its
+`ip`, names its hostname, whose A record holds that address); 1 otherwise. Bad input exits 2.
+
+Runs from the program's venv (`scripts/setup`): `check` needs dnspython, which
+requirements.txt installs; the other commands need nothing beyond the program's own code.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import ipaddress
 import json
 import subprocess
 import sys
@@ -28,10 +32,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from pathlib import Path
-
-import dns.exception
-import dns.resolver
-import dns.reversename
 
 # The zone-file formatting is the program's own (the zoneFile output), so both say the same.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -133,6 +133,11 @@ def nsupdate_lines(records: list[dict], server: str | None = None, zone: str | N
         lines.append(f"zone {absolute(zone)}")
         skipped = [record for record in records if not in_zone(record["name"], zone)]
         records = [record for record in records if in_zone(record["name"], zone)]
+        if not records:
+            # An empty batch would "succeed" and publish nothing.
+            suffixes = sorted({".".join(r["name"].lower().rstrip(".").split(".")[-2:]) for r in skipped})
+            raise InputError(f"no record of the stack is inside zone {zone} (its names end in "
+                             f"{', '.join(suffixes)}): give --zone a zone that holds them, or leave it out")
         if skipped:
             lines.append(f"; {len(skipped)} records outside {zone} left out")
 
@@ -244,7 +249,7 @@ class ReverseCheck:
 
 def confirm_reverse(instance: str, ip: str, hostname: str, lookup: Lookup) -> ReverseCheck:
     """Forward-confirmed reverse DNS: PTR(ip) names hostname, and A(hostname) holds ip."""
-    ptr_name = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
+    ptr_name = ipaddress.ip_address(ip).reverse_pointer
     ptr = lookup(ptr_name, "PTR")
     ptr_names = [_normal_name(value) for value in ptr.values]
     if _normal_name(hostname) not in ptr_names:
@@ -259,6 +264,13 @@ def confirm_reverse(instance: str, ip: str, hostname: str, lookup: Lookup) -> Re
 
 def resolver_lookup(nameserver: str | None = None, port: int = 53, timeout: float = 5.0) -> Lookup:
     """A Lookup that asks the given server, or the system resolver."""
+    try:
+        import dns.exception
+        import dns.resolver
+    except ImportError:
+        raise InputError("check needs dnspython: run the tool with the program's venv "
+                         "(scripts/setup, then venv/bin/python tools/publish_dns.py), or "
+                         "pip install -r requirements.txt") from None
     resolver = dns.resolver.Resolver(configure=nameserver is None)
     if nameserver:
         resolver.nameservers = [nameserver]
@@ -300,7 +312,8 @@ def check_report(outputs: dict, lookup: Lookup) -> tuple[list[str], bool]:
         if check.note:
             lines.append(f"    note:     {check.note}")
 
-    reverse = [confirm_reverse(name, item["ip"], item["hostname"], lookup)
+    # Receivers see the public address (publicIp, behind one-to-one NAT) where there is one.
+    reverse = [confirm_reverse(name, item.get("publicIp") or item["ip"], item["hostname"], lookup)
                for name, item in sorted(instances(outputs).items())]
     for result in reverse:
         lines.append(f"{'fcrdns ok' if result.ok else 'fcrdns FAILED'}  {result.instance}  {result.note}")
@@ -355,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "csv":
             sys.stdout.write(csv_text(records))
         else:
-            lines, all_good = check_report(outputs, resolver_lookup(args.nameserver, args.port, args.timeout))
+            lookup = resolver_lookup(args.nameserver, args.port, args.timeout)
+            lines, all_good = check_report(outputs, lookup)
             print("\n".join(lines))
             return 0 if all_good else 1
     except InputError as error:
