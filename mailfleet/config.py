@@ -444,9 +444,9 @@ class _Model(BaseModel):
 
 
 class Instance(_Model):
-    name: InstanceName
-    ip: InstanceIp
-    hostname: DnsName
+    name: InstanceName = Field(description="the postmulti instance name, postfix-...")
+    ip: InstanceIp = Field(description="the IPv4 address the instance listens on and sends from")
+    hostname: DnsName = Field(description="the FQDN that is this IP's PTR and HELO")
     public_ip: PublicIPv4 | None = Field(None, description="the address receivers see, when ip is behind one-to-one NAT")
 
     @property
@@ -463,8 +463,8 @@ class VmSize(_Model):
 
 class HostNetwork(_Model):
     interface: InterfaceName = DEFAULT_INTERFACE
-    prefix_length: int_range(1, 32)
-    gateway: UnicastIPv4
+    prefix_length: int_range(1, 32) = Field(description="the prefix of the instance IPs' network, e.g. 24")
+    gateway: UnicastIPv4 = Field(description="the default route")
     nameservers: Annotated[tuple[UnicastIPv4, ...], non_empty("nameserver"), _schema(minItems=1)]
 
     @property
@@ -473,8 +473,9 @@ class HostNetwork(_Model):
 
 
 class Host(_Model):
-    name: DnsLabel
-    instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)]
+    name: DnsLabel = Field(description="a DNS label, also the VM name")
+    instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)] = Field(
+        description="at least one {name, ip, hostname}: one Postfix instance per IP")
     address: _rule(_host_address, {"pattern": _NO_CONTROL}) | None = Field(
         None, description="existing-host mode: SSH here; without it a VM is created on vSphere")
     ssh_user: _rule(_unix_user, {"pattern": _pattern(_UNIX_USER.pattern)}) = "root"
@@ -521,8 +522,8 @@ class Vsphere(_Model):
 
 
 class DkimKey(_Model):
-    domain: DnsName
-    selector: Selector
+    domain: DnsName = Field(description="mail whose From: is in this domain (or below) is signed")
+    selector: Selector = Field(description="the DKIM selector: the key is published at SELECTOR._domainkey.DOMAIN")
     bits: int_range(DKIM_MIN_BITS, DKIM_MAX_BITS,
                     f"{{value}} is not allowed: RSA keys must be {DKIM_MIN_BITS} to {DKIM_MAX_BITS} bits") = DKIM_MIN_BITS
     algorithm: Literal["rsa", "ed25519"] = "rsa"  # ed25519: RFC 8463; bits does not apply
@@ -578,8 +579,10 @@ class Dmarc(_Model):
 class Fleet(_Model):
     """The whole `mailfleet:` configuration of a stack (each field is one `mailfleet:KEY`)."""
 
-    hosts: Annotated[tuple[Host, ...], non_empty("host"), _schema(minItems=1)]
-    dkim: Annotated[tuple[DkimKey, ...], non_empty("{domain, selector}"), _schema(minItems=1)]
+    hosts: Annotated[tuple[Host, ...], non_empty("host"), _schema(minItems=1)] = Field(
+        description="a list of hosts, each with its instances")
+    dkim: Annotated[tuple[DkimKey, ...], non_empty("{domain, selector}"), _schema(minItems=1)] = Field(
+        description="at least one {domain, selector}: a signing key each")
     vsphere: Vsphere | None = None
     ssh_private_key: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "a PEM or OpenSSH private key"))
                                ] | None = Field(None, repr=False)
