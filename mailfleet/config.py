@@ -28,6 +28,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from mailfleet import spf
+
 NAMESPACE = "mailfleet"
 
 DKIM_MIN_BITS = 2048
@@ -36,7 +38,6 @@ DEFAULT_INTERFACE = "ens192"
 # The default Postfix instance listens here; no sender instance may take it.
 DEFAULT_INSTANCE_ADDRESS = "127.0.0.1"
 WIDEST_RELAY_PREFIX = 8  # a relay network wider than this lets a large part of the internet send
-SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 CGNAT = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: behind the carrier's NAT
 _DOCUMENTATION = [ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
@@ -373,65 +374,15 @@ def _pem(marker: str, what: str) -> Callable[[str], str]:
     return check
 
 
-# ---- SPF terms (RFC 7208 5 and 6) ----------------------------------------------------------
-
-_MACRO = r"%\{[slodiphcrtv][0-9]*r?[.\-+,/_=]*\}|%[%_-]"
-_DOMAIN_SPEC = re.compile(rf"(?:{_MACRO}|[A-Za-z0-9_.-])+", re.IGNORECASE)
-_CIDR = re.compile(r"(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
-LOOKUP_MECHANISMS = ("include", "a", "mx", "ptr", "exists", "redirect")
-
-
-def _domain_spec(text: str) -> bool:
-    return bool(_DOMAIN_SPEC.fullmatch(text)) and "." in text and not text.startswith(".") \
-        and ".." not in text
-
-
-_A_MX_ARGUMENT = re.compile(r"(?::(?P<domain>[^/]+))?(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
-
-
 def _spf_term(value: str) -> str:
     _single_line(value)
-    if " " in value:
-        raise _problem(f"{value!r} is more than one SPF term: list each on its own")
-    term = value.lower()
-    qualified = term[:1] in "+-~?"
-    name, rest = re.fullmatch(r"([a-z][a-z0-9_.-]*)?(.*)", term[1:] if qualified else term).groups()
-    if name == "all":
-        raise _problem(f"{value!r}: the record already ends with -all; another 'all' would change or cut it")
-    if name == "redirect":
-        raise _problem(f"{value!r}: a redirect is ignored in a record that has an 'all' (RFC 7208 6.1)")
-    if name == "v":
-        raise _problem(f"{value!r}: the version tag is the program's")
-    if name in ("include", "exists"):
-        ok = rest.startswith(":") and _domain_spec(rest[1:])
-    elif name in ("a", "mx"):
-        match = _A_MX_ARGUMENT.fullmatch(rest)
-        ok = bool(match) and (match["domain"] is None or _domain_spec(match["domain"])) \
-            and int(match["v4"] or 0) <= 32 and int(match["v6"] or 0) <= 128
-    elif name == "ptr":
-        ok = rest == "" or rest.startswith(":") and _domain_spec(rest[1:])
-    elif name in ("ip4", "ip6") and rest.startswith(":"):
-        try:
-            (ipaddress.IPv4Network if name == "ip4" else ipaddress.IPv6Network)(rest[1:], strict=False)
-            ok = True
-        except ValueError:
-            ok = False
-    else:  # a modifier: exp=, or one that receivers ignore (RFC 7208 6)
-        ok = bool(name) and not qualified and rest.startswith("=") and (name != "exp" or _domain_spec(rest[1:]))
-    if not ok:
-        raise _problem(f"{value!r} is not an SPF mechanism or modifier (RFC 7208: e.g. include:_spf.example.com, "
-                       "ip4:192.0.2.0/24, a, mx)")
-    return value
+    try:
+        return spf.check_term(value)
+    except ValueError as error:
+        raise _problem(str(error)) from None
 
 
 SpfTerm = _rule(_spf_term, {"pattern": _pattern(r"[^\s]+")})
-
-
-def spf_lookups(term: str) -> int:
-    """DNS lookups a term costs the receiver by itself (an include also costs what it includes)."""
-    body = term.lower().lstrip("+-~?")
-    name = re.match(r"[a-z0-9_.-]*", body).group(0)
-    return 1 if name in LOOKUP_MECHANISMS else 0
 
 
 # ---- the models ----------------------------------------------------------------------------
@@ -899,10 +850,10 @@ def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list
             elif plain in seen:
                 yield f"{path}[{t}]", f"duplicate SPF term {term!r}"
             seen.add(plain)
-        lookups = sum(spf_lookups(term) for _, term in valid_terms if term is not None)
-        if lookups > SPF_LOOKUP_LIMIT:
+        lookups = sum(spf.lookups(term) for _, term in valid_terms if term is not None)
+        if lookups > spf.LOOKUP_LIMIT:
             yield path, (f"{lookups} terms that cost a DNS lookup (include, a, mx, ptr, exists, redirect) "
-                         f"exceed SPF's limit of {SPF_LOOKUP_LIMIT} (RFC 7208 4.6.4), and receivers then fail "
+                         f"exceed SPF's limit of {spf.LOOKUP_LIMIT} (RFC 7208 4.6.4), and receivers then fail "
                          "the whole record; this counts the record's own terms only: each include also costs "
                          "the lookups of the record it includes")
 
