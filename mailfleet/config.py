@@ -28,6 +28,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from mailfleet import spf
+
 NAMESPACE = "mailfleet"
 
 DKIM_MIN_BITS = 2048
@@ -36,7 +38,6 @@ DEFAULT_INTERFACE = "ens192"
 # The default Postfix instance listens here; no sender instance may take it.
 DEFAULT_INSTANCE_ADDRESS = "127.0.0.1"
 WIDEST_RELAY_PREFIX = 8  # a relay network wider than this lets a large part of the internet send
-SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 CGNAT = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: behind the carrier's NAT
 _DOCUMENTATION = [ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
@@ -373,65 +374,15 @@ def _pem(marker: str, what: str) -> Callable[[str], str]:
     return check
 
 
-# ---- SPF terms (RFC 7208 5 and 6) ----------------------------------------------------------
-
-_MACRO = r"%\{[slodiphcrtv][0-9]*r?[.\-+,/_=]*\}|%[%_-]"
-_DOMAIN_SPEC = re.compile(rf"(?:{_MACRO}|[A-Za-z0-9_.-])+", re.IGNORECASE)
-_CIDR = re.compile(r"(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
-LOOKUP_MECHANISMS = ("include", "a", "mx", "ptr", "exists", "redirect")
-
-
-def _domain_spec(text: str) -> bool:
-    return bool(_DOMAIN_SPEC.fullmatch(text)) and "." in text and not text.startswith(".") \
-        and ".." not in text
-
-
-_A_MX_ARGUMENT = re.compile(r"(?::(?P<domain>[^/]+))?(?:/(?P<v4>[0-9]{1,2}))?(?://(?P<v6>[0-9]{1,3}))?")
-
-
 def _spf_term(value: str) -> str:
     _single_line(value)
-    if " " in value:
-        raise _problem(f"{value!r} is more than one SPF term: list each on its own")
-    term = value.lower()
-    qualified = term[:1] in "+-~?"
-    name, rest = re.fullmatch(r"([a-z][a-z0-9_.-]*)?(.*)", term[1:] if qualified else term).groups()
-    if name == "all":
-        raise _problem(f"{value!r}: the record already ends with -all; another 'all' would change or cut it")
-    if name == "redirect":
-        raise _problem(f"{value!r}: a redirect is ignored in a record that has an 'all' (RFC 7208 6.1)")
-    if name == "v":
-        raise _problem(f"{value!r}: the version tag is the program's")
-    if name in ("include", "exists"):
-        ok = rest.startswith(":") and _domain_spec(rest[1:])
-    elif name in ("a", "mx"):
-        match = _A_MX_ARGUMENT.fullmatch(rest)
-        ok = bool(match) and (match["domain"] is None or _domain_spec(match["domain"])) \
-            and int(match["v4"] or 0) <= 32 and int(match["v6"] or 0) <= 128
-    elif name == "ptr":
-        ok = rest == "" or rest.startswith(":") and _domain_spec(rest[1:])
-    elif name in ("ip4", "ip6") and rest.startswith(":"):
-        try:
-            (ipaddress.IPv4Network if name == "ip4" else ipaddress.IPv6Network)(rest[1:], strict=False)
-            ok = True
-        except ValueError:
-            ok = False
-    else:  # a modifier: exp=, or one that receivers ignore (RFC 7208 6)
-        ok = bool(name) and not qualified and rest.startswith("=") and (name != "exp" or _domain_spec(rest[1:]))
-    if not ok:
-        raise _problem(f"{value!r} is not an SPF mechanism or modifier (RFC 7208: e.g. include:_spf.example.com, "
-                       "ip4:192.0.2.0/24, a, mx)")
-    return value
+    try:
+        return spf.check_term(value)
+    except ValueError as error:
+        raise _problem(str(error)) from None
 
 
 SpfTerm = _rule(_spf_term, {"pattern": _pattern(r"[^\s]+")})
-
-
-def spf_lookups(term: str) -> int:
-    """DNS lookups a term costs the receiver by itself (an include also costs what it includes)."""
-    body = term.lower().lstrip("+-~?")
-    name = re.match(r"[a-z0-9_.-]*", body).group(0)
-    return 1 if name in LOOKUP_MECHANISMS else 0
 
 
 # ---- the models ----------------------------------------------------------------------------
@@ -444,9 +395,9 @@ class _Model(BaseModel):
 
 
 class Instance(_Model):
-    name: InstanceName
-    ip: InstanceIp
-    hostname: DnsName
+    name: InstanceName = Field(description="the postmulti instance name, postfix-...")
+    ip: InstanceIp = Field(description="the IPv4 address the instance listens on and sends from")
+    hostname: DnsName = Field(description="the FQDN that is this IP's PTR and HELO")
     public_ip: PublicIPv4 | None = Field(None, description="the address receivers see, when ip is behind one-to-one NAT")
 
     @property
@@ -463,8 +414,8 @@ class VmSize(_Model):
 
 class HostNetwork(_Model):
     interface: InterfaceName = DEFAULT_INTERFACE
-    prefix_length: int_range(1, 32)
-    gateway: UnicastIPv4
+    prefix_length: int_range(1, 32) = Field(description="the prefix of the instance IPs' network, e.g. 24")
+    gateway: UnicastIPv4 = Field(description="the default route")
     nameservers: Annotated[tuple[UnicastIPv4, ...], non_empty("nameserver"), _schema(minItems=1)]
 
     @property
@@ -473,8 +424,9 @@ class HostNetwork(_Model):
 
 
 class Host(_Model):
-    name: DnsLabel
-    instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)]
+    name: DnsLabel = Field(description="a DNS label, also the VM name")
+    instances: Annotated[tuple[Instance, ...], non_empty("instance"), _schema(minItems=1)] = Field(
+        description="at least one {name, ip, hostname}: one Postfix instance per IP")
     address: _rule(_host_address, {"pattern": _NO_CONTROL}) | None = Field(
         None, description="existing-host mode: SSH here; without it a VM is created on vSphere")
     ssh_user: _rule(_unix_user, {"pattern": _pattern(_UNIX_USER.pattern)}) = "root"
@@ -521,8 +473,8 @@ class Vsphere(_Model):
 
 
 class DkimKey(_Model):
-    domain: DnsName
-    selector: Selector
+    domain: DnsName = Field(description="mail whose From: is in this domain (or below) is signed")
+    selector: Selector = Field(description="the DKIM selector: the key is published at SELECTOR._domainkey.DOMAIN")
     bits: int_range(DKIM_MIN_BITS, DKIM_MAX_BITS,
                     f"{{value}} is not allowed: RSA keys must be {DKIM_MIN_BITS} to {DKIM_MAX_BITS} bits") = DKIM_MIN_BITS
     algorithm: Literal["rsa", "ed25519"] = "rsa"  # ed25519: RFC 8463; bits does not apply
@@ -578,8 +530,10 @@ class Dmarc(_Model):
 class Fleet(_Model):
     """The whole `mailfleet:` configuration of a stack (each field is one `mailfleet:KEY`)."""
 
-    hosts: Annotated[tuple[Host, ...], non_empty("host"), _schema(minItems=1)]
-    dkim: Annotated[tuple[DkimKey, ...], non_empty("{domain, selector}"), _schema(minItems=1)]
+    hosts: Annotated[tuple[Host, ...], non_empty("host"), _schema(minItems=1)] = Field(
+        description="a list of hosts, each with its instances")
+    dkim: Annotated[tuple[DkimKey, ...], non_empty("{domain, selector}"), _schema(minItems=1)] = Field(
+        description="at least one {domain, selector}: a signing key each")
     vsphere: Vsphere | None = None
     ssh_private_key: Annotated[StrictStr, AfterValidator(_pem("PRIVATE KEY-----", "a PEM or OpenSSH private key"))
                                ] | None = Field(None, repr=False)
@@ -896,10 +850,10 @@ def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list
             elif plain in seen:
                 yield f"{path}[{t}]", f"duplicate SPF term {term!r}"
             seen.add(plain)
-        lookups = sum(spf_lookups(term) for _, term in valid_terms if term is not None)
-        if lookups > SPF_LOOKUP_LIMIT:
+        lookups = sum(spf.lookups(term) for _, term in valid_terms if term is not None)
+        if lookups > spf.LOOKUP_LIMIT:
             yield path, (f"{lookups} terms that cost a DNS lookup (include, a, mx, ptr, exists, redirect) "
-                         f"exceed SPF's limit of {SPF_LOOKUP_LIMIT} (RFC 7208 4.6.4), and receivers then fail "
+                         f"exceed SPF's limit of {spf.LOOKUP_LIMIT} (RFC 7208 4.6.4), and receivers then fail "
                          "the whole record; this counts the record's own terms only: each include also costs "
                          "the lookups of the record it includes")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from mailfleet import spf
 from mailfleet.config import Fleet
 
 TTL = 3600
@@ -36,8 +37,7 @@ def _record(name: str, type_: str, value: str, purpose: str) -> dict:
 
 def fleet_spf(fleet: Fleet, extra: tuple[str, ...] = ()) -> str:
     """The fleet's SPF record: every instance's public address, then `extra` terms, then -all."""
-    terms = [f"ip4:{instance.public_address}" for _, instance in fleet.instances]
-    return " ".join(["v=spf1", *terms, *extra, "-all"])
+    return spf.record([instance.public_address for _, instance in fleet.instances], extra)
 
 
 def dns_records(fleet: Fleet, public_keys: dict[str, str]) -> list[dict]:

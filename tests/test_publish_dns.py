@@ -17,6 +17,7 @@ import socketserver
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import dns.zone
 import pytest
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "publish_dns.py"
+REPO = TOOL.parent.parent
 sys.path.insert(0, str(TOOL.parent))
 import publish_dns  # noqa: E402
 
@@ -586,13 +588,11 @@ def readme_command(prefix: str) -> str:
     return line
 
 
-REPO = TOOL.parent.parent
-
 
 def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
     # The README's example stack, run as the program under mocks, gives the outputs...
     import yaml
-    sys.path.insert(0, str(REPO / "tests"))
+
     import harness
     from keys import openssh_private_key
     from shape_mocks import ShapeMocks
@@ -626,7 +626,7 @@ def test_the_tool_needs_only_what_requirements_txt_installs(tmp_path):
     from importlib import metadata
 
     probe = tmp_path / "probe.py"
-    probe.write_text(textwrap_dedent(f"""
+    probe.write_text(textwrap.dedent(f"""
         import json, runpy, sys
         before = set(sys.modules)  # what the interpreter loaded at start (.pth hooks) is not the tool's
         sys.argv = ["publish_dns.py", "check", {str(tmp_path / 'outputs.json')!r}, "--nameserver",
@@ -663,7 +663,3 @@ def test_the_tool_needs_only_what_requirements_txt_installs(tmp_path):
                if module in providers and not any(name(d) in closure for d in providers[module])}
     assert outside == {}, f"imported from packages requirements.txt does not install: {outside}"
 
-
-def textwrap_dedent(text: str) -> str:
-    import textwrap
-    return textwrap.dedent(text)
