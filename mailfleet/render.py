@@ -57,7 +57,7 @@ def signing_domains(fleet: Fleet) -> list[str]:
 
 def default_main_cf(fleet: Fleet, host: Host) -> str:
     first = host.instances[0]
-    return _render("etc/postfix/main.cf.j2", myhostname=first.hostname, relay_ip=first.ip,
+    return _render("etc/postfix/main.cf.j2", myhostname=f"local.{first.hostname}", relay_ip=first.ip,
                    myorigin=signing_domains(fleet)[0])
 
 

@@ -71,6 +71,8 @@ def test_local_mail_leaves_from_the_loopback_with_a_signing_domain_sender():
     assert main["smtp_bind_address"] == "127.0.0.1"
     assert main["relayhost"] == f"[{fleet.hosts[0].instances[0].ip}]:25"
     assert main["myorigin"] == fleet.dkim[0].domain
+    # Another name than the first instance's, or its SMTP client sees "mail loops back to myself".
+    assert main["myhostname"] == f"local.{fleet.hosts[0].instances[0].hostname}"
     assert main["authorized_submit_users"] == "root, postfix"
 
 
