@@ -60,7 +60,8 @@ def test_mail_for_an_address_literal_is_refused_and_never_bounced(host, deployed
             if code == 250:  # a sender in a signing domain gets as far as RCPT
                 code, reply = client.rcpt(f"nosuchuser@[{INSTANCE['ip']}]")
                 assert code == 550 and b"address literals" in reply, (code, reply)
-                assert client.rcpt("postmaster@[127.0.0.1]")[0] == 550
+                # Another host's literal is a relay attempt (554) for an outsider; refused either way.
+                assert client.rcpt("postmaster@[127.0.0.1]")[0] in (550, 554)
             else:
                 assert 500 <= code < 600, (code, reply)
     time.sleep(3)
@@ -115,13 +116,15 @@ def handshake(host: TestHost, port: int, version: ssl.TLSVersion) -> str | None:
         return None
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_submission_ports_refuse_tls_below_1_2(host, deployed):
     for port in (587, 465):
         assert handshake(host, port, ssl.TLSVersion.TLSv1_1) is None, port
         assert handshake(host, port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2", port
         assert handshake(host, port, ssl.TLSVersion.TLSv1_3) == "TLSv1.3", port
-    # Port 25 keeps Postfix's defaults; whether TLS 1.1 gets through there depends on the host's
-    # OpenSSL (Debian 12's refuses it at its default security level). Shown, not asserted.
+    # Port 25 keeps Postfix's defaults (measured on Debian 12: TLS 1.1 gets through there), which
+    # shows that the refusal on 587/465 is the configuration's, not the client's or OpenSSL's.
+    # Shown, not asserted: another host's OpenSSL may refuse TLS 1.1 everywhere.
     figures["TLS 1.1 on port 25"] = handshake(host, 25, ssl.TLSVersion.TLSv1_1) or "refused"
 
 
