@@ -1,4 +1,4 @@
-"""DkimKeys: one RSA signing key per `mailfleet:dkim` entry, shared by every host of the fleet."""
+"""DkimKeys: one signing key (RSA or Ed25519) per `mailfleet:dkim` entry, shared by every host of the fleet."""
 
 from __future__ import annotations
 
@@ -20,12 +20,16 @@ class DkimKeys(pulumi.ComponentResource):
         super().__init__("mailfleet:index:DkimKeys", name, None, opts)
         self.private_keys, self.public_keys = {}, {}
         for key in keys:
-            # Changing `bits` replaces the key, and so the published record: rotate with a new
-            # selector instead (README, "Rotate a DKIM key").
+            # Changing `bits` or `algorithm` replaces the key, and so the published record: rotate
+            # with a new selector instead (README, "Rotate a DKIM key"). pulumi-tls writes an
+            # Ed25519 key as PKCS#8 PEM, which OpenDKIM 2.11 reads (PEM_read_bio_PrivateKey).
+            if key.algorithm == "ed25519":
+                algorithm = {"algorithm": "ED25519"}
+            else:
+                algorithm = {"algorithm": "RSA", "rsa_bits": key.bits}
             private_key = tls.PrivateKey(
                 f"{name}-{key.record_name}",
-                algorithm="RSA",
-                rsa_bits=key.bits,
+                **algorithm,
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.private_keys[key.record_name] = private_key.private_key_pem

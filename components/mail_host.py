@@ -46,7 +46,7 @@ class MailHost(pulumi.ComponentResource):
 
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
-        default_instance = step("postfix-default", remote_scripts.default_instance(host), [packages])
+        default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
         signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, connection, ssh_user,
                             depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
         self.instances = {

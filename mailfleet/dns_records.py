@@ -5,6 +5,7 @@ Pure functions of the validated configuration and the DKIM public keys (PEM text
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 
 from mailfleet import spf
@@ -14,17 +15,34 @@ TTL = 3600
 TXT_CHUNK = 255  # a DNS character-string holds at most 255 bytes
 
 
-def dkim_value(public_key_pem: str) -> str:
-    """`p=` is the base64 DER SubjectPublicKeyInfo, which is exactly the body of the PEM."""
+# DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE, AlgorithmIdentifier
+# 1.3.101.112, BIT STRING of 33 bytes; the 32 raw key bytes follow.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def dkim_value(public_key_pem: str, algorithm: str | None = None) -> str:
+    """The DKIM TXT value of a public key (PEM SubjectPublicKeyInfo, as pulumi-tls gives it).
+
+    RSA: `p=` is the base64 DER SubjectPublicKeyInfo, which is exactly the body of the PEM.
+    Ed25519 (RFC 8463): `p=` is the raw 32-byte key, the last 32 bytes of that DER. The
+    algorithm is read from the key itself; `algorithm` ("rsa" or "ed25519"), when given, must agree.
+    """
     lines = [line.strip() for line in public_key_pem.strip().splitlines()]
     if not lines or lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
         raise ValueError("expected a PEM 'PUBLIC KEY' (SubjectPublicKeyInfo)")
-    return f"v=DKIM1; k=rsa; p={''.join(lines[1:-1])}"
+    body = "".join(lines[1:-1])
+    der = base64.b64decode(body, validate=True)
+    found = "ed25519" if len(der) == 44 and der.startswith(_ED25519_SPKI_PREFIX) else "rsa"
+    if algorithm is not None and algorithm != found:
+        raise ValueError(f"expected an {algorithm} public key, got {found}")
+    if found == "ed25519":
+        return f"v=DKIM1; k=ed25519; p={base64.b64encode(der[-32:]).decode()}"
+    return f"v=DKIM1; k=rsa; p={body}"
 
 
 def dkim_records(fleet: Fleet, public_keys: dict[str, str]) -> dict[str, str]:
     """`public_keys` maps each key's record name (selector._domainkey.domain) to its PEM."""
-    return {key.record_name: dkim_value(public_keys[key.record_name]) for key in fleet.dkim}
+    return {key.record_name: dkim_value(public_keys[key.record_name], key.algorithm) for key in fleet.dkim}
 
 
 def reverse_name(ip: str) -> str:

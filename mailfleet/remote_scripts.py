@@ -88,13 +88,13 @@ fi
 """)
 
 
-def default_instance(host: Host) -> str:
+def default_instance(fleet: Fleet, host: Host) -> str:
     """The default instance: 127.0.0.1 only, multi-instance on. multi_instance_directories belongs
     to postmulti (create and destroy edit it), so its current value is carried over."""
     return _script("default Postfix instance", f"""lock_default_main_cf
 directories=$(postconf -h multi_instance_directories 2>/dev/null || true)
 put_file /etc/postfix/main.cf root:root 0644 < <(cat <<'{_EOF}'
-{render.default_main_cf(host)}{_EOF}
+{render.default_main_cf(fleet, host)}{_EOF}
 echo "multi_instance_directories = $directories")
 validate "postfix check" postfix check
 keep_changes
@@ -112,10 +112,12 @@ def dkim_keys(private_keys: dict[DkimKey, str]) -> str:
         body += f"install -d -m 0750 -o opendkim -g opendkim {_q(f'{render.DKIM_KEY_DIR}/{key.domain}')}\n"
         body += _put(render.dkim_key_file(key), "opendkim:opendkim", "0600", pem)
     body += """keep_changes
-if any_changed && systemctl is-active -q opendkim; then
-  systemctl reload opendkim
-  echo "reloaded opendkim"
-fi
+for unit in opendkim opendkim-ed25519; do
+  if any_changed && systemctl is-active -q "$unit"; then
+    systemctl reload "$unit"
+    echo "reloaded $unit"
+  fi
+done
 """
     return _script("DKIM keys", body)
 
@@ -123,20 +125,34 @@ fi
 def dkim_config(fleet: Fleet) -> str:
     files = render.opendkim_files(fleet)
     body = "".join(_put(path, "root:root", "0644", content) for path, content in files.items())
+    for signer in render.signers(fleet):
+        body += f'validate "opendkim -n -x {signer.conf}" opendkim -n -x {signer.conf}\n'
     wanted = " ".join(_q(render.dkim_key_file(key)) for key in fleet.dkim)
-    tables = " ".join(path for path in files if path != "/etc/opendkim.conf")
-    body += f"""validate "opendkim -n" opendkim -n -x /etc/opendkim.conf
-keep_changes
+    body += f"""keep_changes
 # Keys that the tables no longer name are retired only now that nothing refers to them.
 wanted=" {wanted} "
 while IFS= read -r -d '' file; do
   if [[ "$wanted" != *" $file "* ]]; then rm -f "$file"; changed+=("$file"); echo "removed $file"; fi
 done < <(find {render.DKIM_KEY_DIR} -name '*.private' -type f -print0)
-action=none
-if any_changed; then action=reload; fi
-# The socket is bound at start: a new opendkim.conf needs a restart, not a reload.
-if any_changed /etc/opendkim.conf; then action=restart; fi
-ensure_service opendkim "$action"
+"""
+    ed = render.ED25519_SIGNER
+    if ed in render.signers(fleet):
+        body += f"""if any_changed {render.ED25519_UNIT_FILE}; then systemctl daemon-reload; fi
+"""
+    else:  # no Ed25519 key (any more): its signer goes; Postfix no longer names its socket
+        body += f"""if [ -e {render.ED25519_UNIT_FILE} ]; then
+  systemctl disable -q --now {ed.unit} 2>/dev/null || true
+  rm -rf {render.ED25519_UNIT_FILE} {ed.conf} {ed.tables}
+  systemctl daemon-reload
+  echo "removed {ed.unit}"
+fi
+"""
+    for signer in render.signers(fleet):
+        body += f"""action=none
+if any_changed {signer.tables}/KeyTable {signer.tables}/SigningTable /etc/opendkim/TrustedHosts; then action=reload; fi
+# The socket is bound at start: a new configuration file needs a restart, not a reload.
+if any_changed {signer.conf}{' ' + render.ED25519_UNIT_FILE if signer is ed else ''}; then action=restart; fi
+ensure_service {signer.unit} "$action"
 """
     return _script("OpenDKIM configuration", body)
 
@@ -169,6 +185,8 @@ old_interfaces=$(postconf -c {directory} -h inet_interfaces)
 """
     body += _put(f"{directory}/main.cf", "root:root", "0644", render.instance_main_cf(fleet, instance))
     body += _put(f"{directory}/master.cf", "root:root", "0644", render.instance_master_cf(instance))
+    for path, content in render.instance_tables(instance).items():
+        body += _put(path, "root:root", "0644", content)
     body += f"""validate "postfix -c {directory} check" postfix -c {directory} check
 keep_changes
 action=none
@@ -200,6 +218,8 @@ if [ "$count" -gt 0 ]; then
 fi
 systemctl disable -q postfix@{name} 2>/dev/null || true
 postmulti -i {name} -e disable
+# destroy removes only main.cf and master.cf, then the directory if it is empty.
+rm -f {" ".join(_q(path) for path in render.instance_tables(instance))}
 postmulti -i {name} -e destroy
 echo "destroyed instance {name}"
 """)

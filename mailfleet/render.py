@@ -8,6 +8,7 @@ of the validated configuration: no Pulumi, no I/O besides reading the templates.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -49,20 +50,29 @@ def mynetworks(fleet: Fleet) -> list[str]:
     return ["127.0.0.0/8", *fleet.relay_networks]
 
 
-def default_main_cf(host: Host) -> str:
+def signing_domains(fleet: Fleet) -> list[str]:
+    """Every domain with a DKIM key, in config order (the first one names local mail's sender)."""
+    return list(dict.fromkeys(key.domain for key in fleet.dkim))
+
+
+def default_main_cf(fleet: Fleet, host: Host) -> str:
     first = host.instances[0]
-    return _render("etc/postfix/main.cf.j2", myhostname=first.hostname, relay_ip=first.ip)
+    return _render("etc/postfix/main.cf.j2", myhostname=f"local.{first.hostname}", relay_ip=first.ip,
+                   myorigin=signing_domains(fleet)[0])
 
 
 def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
     return _render(
         "etc/postfix-instance/main.cf.j2",
         instance=instance,
+        directory=instance_dir(instance),
         mail_name=fleet.mail_name,
         mynetworks=mynetworks(fleet),
         relayhost=fleet.relayhost,
         queue=fleet.queue,
         tls_file=tls_file(instance),
+        signing_domains=[] if fleet.allow_unsigned_senders else signing_domains(fleet),
+        milters=[signer.milter for signer in signers(fleet)],
     )
 
 
@@ -70,24 +80,71 @@ def instance_master_cf(instance: Instance) -> str:
     return _render("etc/postfix-instance/master.cf.j2", instance=instance)
 
 
-def signing_keys(fleet: Fleet) -> list[DkimKey]:
-    """The key that signs for each domain: its first configured selector. Deeper domains first,
-    because OpenDKIM takes the first SigningTable match and `*@*.example.com` would otherwise
-    catch mail from a separately keyed `sub.example.com`."""
-    first_per_domain: dict[str, DkimKey] = {}
+def instance_tables(instance: Instance) -> dict[str, str]:
+    """The lookup tables main.cf names, by installed path (beside main.cf)."""
+    return {f"{instance_dir(instance)}/{name}": _render(f"etc/postfix-instance/{name}.j2", instance=instance)
+            for name in ("recipient_access", "header_checks")}
+
+
+@dataclass(frozen=True)
+class Signer:
+    """One OpenDKIM process. Debian's OpenDKIM 2.11 signs every message with its one
+    SignatureAlgorithm (an Ed25519 key under rsa-sha256 fails, and the message is tempfailed), so
+    each algorithm in use has its own process, configuration, tables and milter socket; Postfix
+    calls them in turn, and a domain with both kinds of key carries both signatures."""
+
+    algorithm: str  # "rsa" or "ed25519", as in mailfleet:dkim
+    unit: str  # the systemd unit
+    conf: str  # its configuration file
+    tables: str  # the directory of its KeyTable and SigningTable
+    port: int  # inet socket on 127.0.0.1
+
+    @property
+    def milter(self) -> str:
+        return f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def signature_algorithm(self) -> str:
+        return f"{self.algorithm}-sha256"
+
+
+RSA_SIGNER = Signer("rsa", "opendkim", "/etc/opendkim.conf", "/etc/opendkim", 8891)  # Debian's own unit
+ED25519_SIGNER = Signer("ed25519", "opendkim-ed25519", "/etc/opendkim-ed25519.conf", "/etc/opendkim/ed25519", 8892)
+ED25519_UNIT_FILE = "/etc/systemd/system/opendkim-ed25519.service"
+
+
+def signers(fleet: Fleet) -> list[Signer]:
+    """The RSA signer always runs (Debian's opendkim.service); the Ed25519 one when a key needs it."""
+    return [RSA_SIGNER] + ([ED25519_SIGNER] if any(k.algorithm == "ed25519" for k in fleet.dkim) else [])
+
+
+def signing_keys(fleet: Fleet, algorithm: str = "rsa") -> list[DkimKey]:
+    """The keys of one algorithm that sign: per domain, the first configured key of that
+    algorithm (later ones are only published, for rotation). Deeper domains first, so that a
+    separately keyed `sub.example.com` is listed before `*@*.example.com`; every SigningTable
+    match signs (MultipleSignatures), so such mail also carries the parent domain's signature,
+    which is harmless and aligned for DMARC."""
+    first: dict[str, DkimKey] = {}
     for key in fleet.dkim:
-        first_per_domain.setdefault(key.domain, key)
-    return sorted(first_per_domain.values(), key=lambda k: -k.domain.count("."))
+        if key.algorithm == algorithm:
+            first.setdefault(key.domain, key)
+    return sorted(first.values(), key=lambda k: -k.domain.count("."))
 
 
 def opendkim_files(fleet: Fleet) -> dict[str, str]:
-    """/etc/opendkim.conf and its tables, by installed path."""
-    return {
-        "/etc/opendkim.conf": _render("etc/opendkim.conf.j2"),
-        "/etc/opendkim/KeyTable": _render("etc/opendkim/KeyTable.j2", keys=fleet.dkim, key_dir=DKIM_KEY_DIR),
-        "/etc/opendkim/SigningTable": _render("etc/opendkim/SigningTable.j2", signing_keys=signing_keys(fleet)),
-        "/etc/opendkim/TrustedHosts": _render("etc/opendkim/TrustedHosts.j2", networks=mynetworks(fleet)),
-    }
+    """Every OpenDKIM configuration file, by installed path: per signer its opendkim.conf,
+    KeyTable and SigningTable; one TrustedHosts; the unit of the Ed25519 signer when it runs."""
+    files = {}
+    for signer in signers(fleet):
+        keys = [key for key in fleet.dkim if key.algorithm == signer.algorithm]
+        files[signer.conf] = _render("etc/opendkim.conf.j2", signer=signer)
+        files[f"{signer.tables}/KeyTable"] = _render("etc/opendkim/KeyTable.j2", keys=keys, key_dir=DKIM_KEY_DIR)
+        files[f"{signer.tables}/SigningTable"] = _render("etc/opendkim/SigningTable.j2",
+                                                         signing_keys=signing_keys(fleet, signer.algorithm))
+    files["/etc/opendkim/TrustedHosts"] = _render("etc/opendkim/TrustedHosts.j2", networks=mynetworks(fleet))
+    if ED25519_SIGNER in signers(fleet):
+        files[ED25519_UNIT_FILE] = _render("etc/systemd/system/opendkim-ed25519.service.j2", signer=ED25519_SIGNER)
+    return files
 
 
 def cloud_init_metadata(host: Host) -> str:

@@ -139,3 +139,29 @@ def test_split_txt_keeps_short_values_whole_and_quotes_safely():
 def test_ptr_values_are_absolute_in_the_zone_file():
     line = dns_records.zone_line({"name": "43.11.1.10.in-addr.arpa", "type": "PTR", "value": "s43.example.com", "ttl": 60})
     assert line == "43.11.1.10.in-addr.arpa. 60 IN PTR s43.example.com."
+
+
+def test_dkim_value_of_an_ed25519_key_is_the_raw_32_byte_key():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = ed25519.Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    value = dns_records.dkim_value(pem_of(key), "ed25519")
+    assert value == f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"  # RFC 8463, 44 characters
+    assert dns_records.dkim_value(pem_of(key)) == value  # the algorithm is read from the key
+    with pytest.raises(ValueError):
+        dns_records.dkim_value(pem_of(key), "rsa")
+
+
+def test_dkim_records_follow_each_keys_algorithm(rsa_key):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    config, _ = stack_config(REPO / "Pulumi.prod.yaml", {"mailfleet:sshPrivateKey": KEY})
+    config["mailfleet:dkim"] = ('[{"domain": "example.com", "selector": "r"},'
+                                ' {"domain": "example.com", "selector": "e", "algorithm": "ed25519"}]')
+    fleet = parse_config(config)
+    keys = {"r._domainkey.example.com": pem_of(rsa_key),
+            "e._domainkey.example.com": pem_of(ed25519.Ed25519PrivateKey.generate())}
+    records = dns_records.dkim_records(fleet, keys)
+    assert records["r._domainkey.example.com"].startswith("v=DKIM1; k=rsa; p=MIIB")
+    assert records["e._domainkey.example.com"].startswith("v=DKIM1; k=ed25519; p=")
+    txt = {r["name"]: r["value"] for r in dns_records.dns_records(fleet, keys) if r["type"] == "TXT"}
+    assert txt["e._domainkey.example.com"] == records["e._domainkey.example.com"]

@@ -68,7 +68,9 @@ def test_update_golden_is_never_a_pass_and_is_refused_under_ci(tmp_path, monkeyp
 
 
 def settings(main_cf: str) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in main_cf.splitlines() if "=" in line and not line.startswith("#"))
+    """main.cf as Postfix reads it: a line that starts with whitespace continues the one before."""
+    logical = main_cf.replace("\n    ", " ").replace("\n  ", " ")
+    pairs = (line.split("=", 1) for line in logical.splitlines() if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -82,28 +84,81 @@ def test_each_instance_listens_and_sends_on_its_own_ip_as_its_hostname():
         assert main["mynetworks"] == "127.0.0.0/8, 10.0.0.0/16, 10.1.0.0/16"
         assert main["smtpd_relay_restrictions"].endswith("reject_unauth_destination")
         assert main["milter_default_action"] == "tempfail" and main["milter_protocol"] == "6"
-        assert main["master_service_disable"] == "" and main["authorized_submit_users"] == "static:anyone"
+        assert main["master_service_disable"] == "" and main["authorized_submit_users"] == "root, postfix"
         assert (main["maximal_queue_lifetime"], main["maximal_backoff_time"]) == ("6h", "900s")
         assert main["smtpd_tls_chain_files"] == f"/etc/mailfleet/tls/{instance.name}.pem"
 
 
 def test_default_instance_is_bound_to_127_0_0_1_only():
-    main = settings(render.default_main_cf(fleet_of("prod").hosts[0]))
+    fleet = fleet_of("prod")
+    main = settings(render.default_main_cf(fleet, fleet.hosts[0]))
     assert main["inet_interfaces"] == "127.0.0.1"
     assert main["multi_instance_enable"] == "yes"
+
+
+def test_local_mail_leaves_from_the_loopback_with_a_signing_domain_sender():
+    fleet = fleet_of("prod")
+    main = settings(render.default_main_cf(fleet, fleet.hosts[0]))
+    # 127.0.0.1 is in every instance's mynetworks, whatever relayNetworks holds.
+    assert main["smtp_bind_address"] == "127.0.0.1"
+    assert main["relayhost"] == f"[{fleet.hosts[0].instances[0].ip}]:25"
+    assert main["myorigin"] == fleet.dkim[0].domain
+    # Another name than the first instance's, or its SMTP client sees "mail loops back to myself".
+    assert main["myhostname"] == f"local.{fleet.hosts[0].instances[0].hostname}"
+    assert main["authorized_submit_users"] == "root, postfix"
+
+
+def fleet_with(**config):
+    raw = {**stack_config(REPO / "Pulumi.prod.yaml", {"mailfleet:sshPrivateKey": KEY})[0], **config}
+    return parse_config(raw)
+
+
+def test_senders_outside_the_signing_domains_are_refused_unless_allowed():
+    fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "a"},'
+                                             ' {"domain": "example.net", "selector": "b"}]'})
+    main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
+    restrictions = main["smtpd_sender_restrictions"]
+    assert restrictions.startswith("check_sender_access inline:{ example.com=OK, example.net=OK },")
+    assert "static:{550 5.7.1 sender domain is not signed" in restrictions
+    assert main["smtpd_delay_reject"] == "no"  # sender restrictions answer at MAIL FROM
+    allowed = fleet_with(**{"mailfleet:allowUnsignedSenders": "true"})
+    main = settings(render.instance_main_cf(allowed, allowed.instances[0][1]))
+    assert "smtpd_sender_restrictions" not in main and "smtpd_delay_reject" not in main
+
+
+def test_senders_nothing_locally_and_speak_strict_protocol():
+    fleet = fleet_of("prod")
+    instance = fleet.instances[0][1]
+    main = settings(render.instance_main_cf(fleet, instance))
+    assert main["mydestination"] == "" and main["local_transport"].startswith("error:")
+    assert main["smtpd_recipient_restrictions"] == f"check_recipient_access regexp:/etc/{instance.name}/recipient_access"
+    assert main["disable_vrfy_command"] == main["smtpd_helo_required"] == "yes"
+    assert main["tls_ssl_options"] == "NO_COMPRESSION, NO_RENEGOTIATION"
+    assert main["local_header_rewrite_clients"] == "permit_inet_interfaces, permit_mynetworks"
+    assert main["header_checks"] == f"regexp:/etc/{instance.name}/header_checks"
+    lines = render.instance_main_cf(fleet, instance).splitlines()
+    # Parameters that Postfix 3.6 lacks: the remote step keeps them where the host knows them.
+    assert "# mailfleet:if-supported smtpd_forbid_bare_newline = yes" in lines
+    assert "# mailfleet:if-supported smtp_bind_address_enforce = yes" in lines
+    tables = render.instance_tables(instance)
+    assert set(tables) == {f"/etc/{instance.name}/recipient_access", f"/etc/{instance.name}/header_checks"}
 
 
 def test_submission_ports_need_tls_and_no_sasl():
     master = render.instance_master_cf(fleet_of("prod").hosts[0].instances[0])
     assert "smtpd_sasl_auth_enable" not in master
     submission = master.split("submission inet")[1].split("\nsmtps")[0]
+    smtps = master.split("smtps     inet")[1].split("\npickup")[0]
     assert "smtpd_tls_security_level=encrypt" in submission
-    assert "smtpd_tls_wrappermode=yes" in master.split("smtps     inet")[1].split("\npickup")[0]
+    assert "smtpd_tls_wrappermode=yes" in smtps
+    for service in (submission, smtps):
+        assert "-o smtpd_tls_protocols=>=TLSv1.2" in service
+        assert "-o smtpd_tls_mandatory_protocols=>=TLSv1.2" in service
+    assert "TLSv1" not in master.split("submission inet")[0]  # 25 keeps Postfix's defaults
 
 
 def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
-    fleet = parse_config({**stack_config(REPO / "Pulumi.prod.yaml")[0],
-                          "mailfleet:dkim": '[{"domain": "example.com", "selector": "a"},'
+    fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "a"},'
                                             ' {"domain": "mail.example.com", "selector": "b"},'
                                             ' {"domain": "example.com", "selector": "next"}]'})
     files = render.opendkim_files(fleet)
@@ -118,6 +173,52 @@ def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
     # Every key is in the KeyTable, also the one waiting to take over (rotation).
     assert "next._domainkey.example.com example.com:next:/etc/opendkim/keys/example.com/next.private" \
         in files["/etc/opendkim/KeyTable"]
+    # With only RSA keys, one signer: no Ed25519 unit, one milter.
+    assert set(files) == {"/etc/opendkim.conf", "/etc/opendkim/KeyTable", "/etc/opendkim/SigningTable",
+                          "/etc/opendkim/TrustedHosts"}
+    main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
+    assert main["smtpd_milters"] == "inet:127.0.0.1:8891"
+
+
+def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_one_signer_per_algorithm():
+    fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "r1"},'
+                                            ' {"domain": "example.com", "selector": "e1", "algorithm": "ed25519"},'
+                                            ' {"domain": "example.com", "selector": "e2", "algorithm": "ed25519"},'
+                                            ' {"domain": "example.net", "selector": "r2"}]'})
+    files = render.opendkim_files(fleet)
+
+    def table(path):
+        return [line for line in files[path].splitlines() if not line.startswith("#")]
+    assert table("/etc/opendkim/SigningTable") == [
+        "*@example.com r1._domainkey.example.com", "*@*.example.com r1._domainkey.example.com",
+        "*@example.net r2._domainkey.example.net", "*@*.example.net r2._domainkey.example.net"]
+    # The first Ed25519 key signs; e2 is published only (rotation).
+    assert table("/etc/opendkim/ed25519/SigningTable") == [
+        "*@example.com e1._domainkey.example.com", "*@*.example.com e1._domainkey.example.com"]
+    assert table("/etc/opendkim/ed25519/KeyTable") == [
+        "e1._domainkey.example.com example.com:e1:/etc/opendkim/keys/example.com/e1.private",
+        "e2._domainkey.example.com example.com:e2:/etc/opendkim/keys/example.com/e2.private"]
+    assert "e1._domainkey" not in files["/etc/opendkim/KeyTable"]
+    rsa, ed = files["/etc/opendkim.conf"], files["/etc/opendkim-ed25519.conf"]
+    assert "SignatureAlgorithm      rsa-sha256" in rsa and "SignatureAlgorithm      ed25519-sha256" in ed
+    assert "Socket                  inet:8891@127.0.0.1" in rsa and "Socket                  inet:8892@127.0.0.1" in ed
+    assert "KeyTable                file:/etc/opendkim/ed25519/KeyTable" in ed
+    for conf in (rsa, ed):
+        assert "MultipleSignatures      yes" in conf
+    unit = files["/etc/systemd/system/opendkim-ed25519.service"]
+    assert "ExecStart=/usr/sbin/opendkim -x /etc/opendkim-ed25519.conf" in unit
+    assert "PIDFile=/run/opendkim/opendkim-ed25519.pid" in unit
+    main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
+    assert main["smtpd_milters"] == "inet:127.0.0.1:8891, inet:127.0.0.1:8892"
+
+
+def test_opendkim_signs_an_explicit_header_list_with_from_oversigned():
+    conf = render.opendkim_files(fleet_of("prod"))["/etc/opendkim.conf"]
+    settings_ = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    assert settings_["SignHeaders"].split(",") == [
+        "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version", "Content-Type",
+        "List-Unsubscribe", "List-Unsubscribe-Post"]
+    assert settings_["OversignHeaders"] == "From"
 
 
 def test_opendkim_uses_tables_only_and_an_inet_socket():
