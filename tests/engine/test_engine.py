@@ -156,8 +156,8 @@ def deployed(pulumi):
     return pulumi.outputs()
 
 
-def preview_steps(pulumi: Pulumi, *args: str) -> list[dict]:
-    return json.loads(pulumi("preview", "--json", *args).stdout).get("steps", [])
+def preview_steps(pulumi: Pulumi, *args: str, stack: str = STACK) -> list[dict]:
+    return json.loads(pulumi("preview", "--json", *args, stack=stack).stdout).get("steps", [])
 
 
 def name_of(urn: str) -> str:
@@ -300,6 +300,20 @@ def test_policy_pack_blocks_a_milter_default_action_accept(pulumi):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "milter-never-accept" in output and "sets milter_default_action = accept" in output, output
+
+
+# ---- the vSphere path: Pulumi.prod.yaml previews (through the vSphere stand-in) ----
+
+def test_the_production_stack_file_previews_a_vm_and_its_steps(pulumi):
+    prod = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    placeholders = [key for key, value in prod.items() if isinstance(value, dict) and "secure" in value]
+    pulumi("stack", "init", "prod", "--secrets-provider", "passphrase", stack="prod")
+    pulumi.write_config({k: v for k, v in prod.items() if k not in placeholders}, stack="prod",
+                        secrets={key: "placeholder" for key in placeholders})
+    steps = preview_steps(pulumi, stack="prod")
+    creates = {(s["urn"].split("::")[2].split("$")[-1], name_of(s["urn"])) for s in steps if s["op"] == "create"}
+    assert ("vsphere:index/virtualMachine:VirtualMachine", "victorpostfix") in creates
+    assert ("command:remote:Command", "postfix-45-config") in creates
 
 
 # ---- 9. a declared config key of the wrong type ----
