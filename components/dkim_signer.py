@@ -24,6 +24,7 @@ class DkimSigner(pulumi.ComponentResource):
         keys_script = pulumi.Output.all(**private_keys).apply(
             lambda pems: remote_scripts.dkim_keys({by_record[n]: pem for n, pem in pems.items()}))
         keys = remote_step(f"{name}-keys", connection, ssh_user, keys_script, secret=True,
+                           delete_script=remote_scripts.dkim_keys_delete(),
                            parent=self, depends_on=depends_on)
         self.ready = remote_step(f"{name}-config", connection, ssh_user, remote_scripts.dkim_config(fleet),
                                  parent=self, depends_on=[keys])

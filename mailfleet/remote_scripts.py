@@ -122,6 +122,14 @@ done
     return _script("DKIM keys", body)
 
 
+def dkim_keys_delete() -> str:
+    """On destroy (after every instance is gone): no private key stays behind, nothing signs."""
+    return _script("remove DKIM keys", f"""systemctl disable -q --now opendkim 2>/dev/null || true
+rm -rf {render.DKIM_KEY_DIR}
+echo "removed DKIM keys"
+""")
+
+
 def dkim_config(fleet: Fleet) -> str:
     files = render.opendkim_files(fleet)
     body = "".join(_put(path, "root:root", "0644", content) for path, content in files.items())

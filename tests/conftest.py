@@ -12,3 +12,7 @@ def pytest_terminal_summary(terminalreporter):
     if apply_suite is not None and apply_suite.figures:
         figures = ", ".join(f"{name} {value:g}" for name, value in apply_suite.figures.items())
         terminalreporter.write_line(f"apply for real: {figures}")
+    engine_suite = sys.modules.get("test_engine") or sys.modules.get("engine.test_engine")
+    if engine_suite is not None and engine_suite.figures:
+        figures = ", ".join(f"{name} {value:g}" for name, value in engine_suite.figures.items())
+        terminalreporter.write_line(f"real engine: {figures}")
