@@ -125,6 +125,8 @@ def dkim_config(fleet: Fleet) -> str:
     body = "".join(_put(path, "root:root", "0644", content) for path, content in files.items())
     wanted = " ".join(_q(render.dkim_key_file(key)) for key in fleet.dkim)
     tables = " ".join(path for path in files if path != "/etc/opendkim.conf")
+    # The milter socket's directory: setgid group postfix, so the socket is reachable by Postfix only.
+    body += "install -d -m 2750 -o opendkim -g postfix /var/spool/opendkim\n"
     body += f"""validate "opendkim -n" opendkim -n -x /etc/opendkim.conf
 keep_changes
 # Keys that the tables no longer name are retired only now that nothing refers to them.

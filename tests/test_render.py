@@ -88,9 +88,9 @@ def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
         in files["/etc/opendkim/KeyTable"]
 
 
-def test_opendkim_uses_tables_only_and_an_inet_socket():
+def test_opendkim_uses_tables_only_and_a_unix_socket_postfix_reaches():
     conf = render.opendkim_files(fleet_of("prod"))["/etc/opendkim.conf"]
-    assert "Socket                  inet:8891@127.0.0.1" in conf
+    assert "Socket                  local:/var/spool/opendkim/opendkim.sock" in conf
     for single_key_setting in ("\nDomain", "\nKeyFile", "\nSelector"):
         assert single_key_setting not in conf
 
