@@ -136,6 +136,8 @@ def dkim_config(fleet: Fleet) -> str:
     for signer in render.signers(fleet):
         body += f'validate "opendkim -n -x {signer.conf}" opendkim -n -x {signer.conf}\n'
     wanted = " ".join(_q(render.dkim_key_file(key)) for key in fleet.dkim)
+    # The milter sockets' directory: setgid group postfix, so a socket is reachable by Postfix only.
+    body += f"install -d -m 2750 -o opendkim -g postfix {render.MILTER_SOCKET_DIR}\n"
     body += f"""keep_changes
 # Keys that the tables no longer name are retired only now that nothing refers to them.
 wanted=" {wanted} "

@@ -177,7 +177,7 @@ def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
     assert set(files) == {"/etc/opendkim.conf", "/etc/opendkim/KeyTable", "/etc/opendkim/SigningTable",
                           "/etc/opendkim/TrustedHosts"}
     main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == "inet:127.0.0.1:8891"
+    assert main["smtpd_milters"] == "unix:/var/spool/opendkim/opendkim.sock"
 
 
 def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_one_signer_per_algorithm():
@@ -201,7 +201,8 @@ def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_one_signer_per_algorith
     assert "e1._domainkey" not in files["/etc/opendkim/KeyTable"]
     rsa, ed = files["/etc/opendkim.conf"], files["/etc/opendkim-ed25519.conf"]
     assert "SignatureAlgorithm      rsa-sha256" in rsa and "SignatureAlgorithm      ed25519-sha256" in ed
-    assert "Socket                  inet:8891@127.0.0.1" in rsa and "Socket                  inet:8892@127.0.0.1" in ed
+    assert "Socket                  local:/var/spool/opendkim/opendkim.sock" in rsa
+    assert "Socket                  local:/var/spool/opendkim/opendkim-ed25519.sock" in ed
     assert "KeyTable                file:/etc/opendkim/ed25519/KeyTable" in ed
     for conf in (rsa, ed):
         assert "MultipleSignatures      yes" in conf
@@ -209,7 +210,8 @@ def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_one_signer_per_algorith
     assert "ExecStart=/usr/sbin/opendkim -x /etc/opendkim-ed25519.conf" in unit
     assert "PIDFile=/run/opendkim/opendkim-ed25519.pid" in unit
     main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == "inet:127.0.0.1:8891, inet:127.0.0.1:8892"
+    assert main["smtpd_milters"] == ("unix:/var/spool/opendkim/opendkim.sock, "
+                                    "unix:/var/spool/opendkim/opendkim-ed25519.sock")
 
 
 def test_opendkim_signs_an_explicit_header_list_with_from_oversigned():
@@ -221,9 +223,9 @@ def test_opendkim_signs_an_explicit_header_list_with_from_oversigned():
     assert settings_["OversignHeaders"] == "From"
 
 
-def test_opendkim_uses_tables_only_and_an_inet_socket():
+def test_opendkim_uses_tables_only_and_a_unix_socket_postfix_reaches():
     conf = render.opendkim_files(fleet_of("prod"))["/etc/opendkim.conf"]
-    assert "Socket                  inet:8891@127.0.0.1" in conf
+    assert "Socket                  local:/var/spool/opendkim/opendkim.sock" in conf
     for single_key_setting in ("\nDomain", "\nKeyFile", "\nSelector"):
         assert single_key_setting not in conf
 
