@@ -307,6 +307,13 @@ def test_every_instance_and_domain_passes_spf_fcrdns_dkim_and_dmarc(receiver, de
         assert {s["a"] for s in signatures} == ALGORITHMS[domain], (name, domain, verdict)
         assert all(s["pass"] for s in signatures), (name, domain, verdict)
         assert verdict["dmarc"] == ("pass", DMARC_POLICY), (name, domain, verdict)
+    # The judge is not blind: an address the records do not name fails, and so does DMARC
+    # when neither identifier passes.
+    stranger = "127.0.0.99"
+    assert receiver.spf(stranger, received["mail_from"], received["helo"]) == "fail"
+    assert receiver.fcrdns(stranger) == []
+    failed = [dict(s, **{"pass": False}) for s in verdict["dkim"]]
+    assert receiver.dmarc(f"news@{domain}", "fail", received["mail_from"], failed) == ("fail", DMARC_POLICY)
 
 
 def test_mail_without_message_id_and_date_arrives_with_both_signed(receiver, delivered):
