@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import smtplib
 import ssl
 import time
 from email.message import EmailMessage
@@ -237,19 +238,22 @@ def test_mail_from_each_instance_and_domain_is_signed_and_sent_from_its_ip(host,
 
 def test_a_client_outside_relay_networks_cannot_relay(host, deployed):
     for instance in INSTANCES:
-        for port in (25, 587, 465):
-            with host.smtp(instance["ip"], port=port, source=OUTSIDE_CLIENT_IP, implicit_tls=port == 465) as client:
-                if port == 587:
-                    client.starttls()  # 587 answers nothing else before TLS
-                client.ehlo("outside.example")
-                assert client.mail("spam@example.com")[0] == 250
-                code, reply = client.rcpt("victim@example.org")
-                # No recipient was accepted, so there is no message to send: DATA is refused.
-                data_code, data_reply = client.docmd("DATA")
-            where = (instance["name"], port)
-            assert code == 554, (where, code, reply)
-            assert b"Relay access denied" in reply if port == 25 else b"Access denied" in reply, (where, reply)
-            assert data_code in (503, 554), (where, data_code, data_reply)
+        where = (instance["name"], 25)
+        with host.smtp(instance["ip"], source=OUTSIDE_CLIENT_IP) as client:
+            client.ehlo("outside.example")
+            assert client.mail("spam@example.com")[0] == 250
+            code, reply = client.rcpt("victim@example.org")
+            # No recipient was accepted, so there is no message to send: DATA is refused.
+            data_code, data_reply = client.docmd("DATA")
+        assert code == 554 and b"Relay access denied" in reply, (where, code, reply)
+        assert data_code in (503, 554), (where, data_code, data_reply)
+        # 587 and 465 serve relay clients only: an outsider is turned away at the greeting
+        # (smtpd_delay_reject = no applies the client restriction at connect).
+        for port in (587, 465):
+            with pytest.raises(smtplib.SMTPConnectError) as refused:
+                host.smtp(instance["ip"], port=port, source=OUTSIDE_CLIENT_IP, implicit_tls=port == 465)
+            assert refused.value.smtp_code == 554, (instance["name"], port, refused.value)
+            assert b"Client host rejected: Access denied" in refused.value.smtp_error, (instance["name"], port)
 
 
 # ---- 5. OpenDKIM down: deferred, never unsigned, never lost ----
