@@ -46,13 +46,15 @@ keep_changes() {
   for path in "${changed[@]}"; do rm -f "$path.mailfleet-old"; done
 }
 
-# any_changed [PATH...]: did this step change any file, or one of the given ones?
+# any_changed: did this step change any file?
 any_changed() {
-  local path wanted
-  if [ $# -eq 0 ]; then [ ${#changed[@]} -gt 0 ]; return; fi
-  for wanted in "$@"; do
-    for path in "${changed[@]}"; do [ "$path" = "$wanted" ] && return 0; done
-  done
+  [ ${#changed[@]} -gt 0 ]
+}
+
+# file_changed PATH: did this step change that file?
+file_changed() {
+  local path
+  for path in "${changed[@]}"; do [ "$path" = "$1" ] && return 0; done
   return 1
 }
 
