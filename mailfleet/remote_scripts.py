@@ -22,6 +22,7 @@ from mailfleet.config import DkimKey, Fleet, Host, Instance
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 PACKAGES = ("postfix", "opendkim", "opendkim-tools")
+DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 
 
@@ -32,6 +33,15 @@ def _put(path: str, owner: str, mode: str, content: str) -> str:
     if f"\n{_EOF}\n" in f"\n{content}":
         raise ValueError(f"{path}: content contains the here-document delimiter {_EOF}")
     return f"put_file {shlex.quote(path)} {owner} {mode} <<'{_EOF}'\n{content}{_EOF}"
+
+
+def _heredoc(content: str) -> str:
+    """The body of a quoted here-document that the template closes with {{ eof }}."""
+    if not content.endswith("\n"):
+        content += "\n"
+    if f"\n{_EOF}\n" in f"\n{content}":
+        raise ValueError(f"content contains the here-document delimiter {_EOF}")
+    return content
 
 
 _env = jinja2.Environment(
@@ -45,6 +55,7 @@ _env = jinja2.Environment(
     comment_end_string="#%>",
 )
 _env.filters["q"] = shlex.quote
+_env.filters["heredoc"] = _heredoc
 _env.globals.update(put_file=_put, eof=_EOF)
 
 
@@ -77,7 +88,7 @@ def preflight(host: Host) -> str:
 
 def packages() -> str:
     """Install Postfix and OpenDKIM when missing; touch nothing when they are there."""
-    return _script("packages", packages=PACKAGES)
+    return _script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
 def default_instance(host: Host) -> str:
@@ -97,8 +108,9 @@ def dkim_config(fleet: Fleet) -> str:
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
-    return _script("instance_tls", instance=instance, tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
-                   bundle=bundle_pem, unit=f"postfix@{instance.name}")
+    return _script("instance_tls", instance=instance, directory=render.instance_dir(instance),
+                   tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
+                   bundle=bundle_pem)
 
 
 def instance_tls_delete(instance: Instance) -> str:
@@ -107,6 +119,7 @@ def instance_tls_delete(instance: Instance) -> str:
 
 def instance_config(fleet: Fleet, instance: Instance) -> str:
     return _script("instance_config", name=instance.name, directory=render.instance_dir(instance),
+                   ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
                    master_cf=render.instance_master_cf(instance))
 
@@ -114,4 +127,4 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   drain_seconds=drain_seconds, unit=f"postfix@{instance.name}")
+                   drain_seconds=drain_seconds)
