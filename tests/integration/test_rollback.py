@@ -5,7 +5,8 @@ its first apply: the install waits for the lock, the files it replaces are kept 
 *.pre-mailfleet, the default instance lets go of the instances' addresses. Then: an OpenDKIM
 configuration change is a reload (same PID); a deliberately broken instance change that `postfix
 check` passes (it breaks STARTTLS) is rolled back, the step names the instance and the instance
-keeps answering with its old files, its master never restarted.
+keeps answering with its old files, its master never restarted; Postfix units of a kind it does not
+know stop the apply at preflight, before any change.
 """
 
 from __future__ import annotations
@@ -155,4 +156,21 @@ def test_a_change_that_breaks_starttls_is_rolled_back_and_names_the_instance(hos
     monkeypatch.undo()
     mocks, error = apply(host, state)
     assert error is None, error
+    assert file_states(host) == files
+
+
+def test_preflight_stops_before_any_change_on_postfix_units_it_does_not_know(host, state):
+    files = file_states(host)
+    host.run("mkdir -p /etc/systemd/system && printf '[Unit]\\nDescription=someone else\\n[Service]\\n"
+             "ExecStart=/usr/local/sbin/run-postfix %%i\\n' >/etc/systemd/system/postfix@.service && "
+             "systemctl daemon-reload")
+    try:
+        mocks, error = apply(host, state)
+    finally:
+        host.run("rm /etc/systemd/system/postfix@.service && systemctl daemon-reload")
+    message = step_error(mocks, "mailtest-preflight")
+    assert "packages Postfix in a way mailfleet does not know" in message, error
+    assert "ExecStart=/usr/local/sbin/run-postfix %i" in message and "Supported:" in message, message
+    assert not any(e["name"] != "mailtest-preflight" and e["type"] == "command:remote:Command"
+                   for e in mocks.log), [e["name"] for e in mocks.log]
     assert file_states(host) == files
