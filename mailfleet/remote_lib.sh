@@ -4,16 +4,33 @@ set -euo pipefail
 export LC_ALL=C
 umask 022
 changed=()
+# Paths mailfleet has installed: a file not listed here (and without mailfleet's header) was
+# there before, so the first replacement keeps it as PATH.pre-mailfleet.
+managed_list=/var/lib/mailfleet/managed-files
 
 fail() {
   echo "mailfleet: $*" >&2
   exit 1
 }
 
+# mark_ours PATH...: from now on these files are mailfleet's (no .pre-mailfleet copy of them).
+mark_ours() {
+  local path
+  mkdir -p "$(dirname "$managed_list")"
+  for path in "$@"; do
+    grep -qxF "$path" "$managed_list" 2>/dev/null || echo "$path" >>"$managed_list"
+  done
+}
+
+is_ours() {
+  grep -qxF "$1" "$managed_list" 2>/dev/null || [[ "$(head -n 1 "$1")" == "# Managed by mailfleet"* ]]
+}
+
 # put_file PATH OWNER:GROUP MODE < content
 # Installs the content atomically (a temp file beside PATH, then rename), and only if content,
 # owner or mode differ. The previous version is kept until keep_changes, so that undo_changes can
-# restore it when validation fails.
+# restore it when validation or the service's probe fails. A file that was there before mailfleet
+# is kept once, for good, as PATH.pre-mailfleet.
 put_file() {
   local path=$1 owner=$2 mode=$3 tmp
   mkdir -p "$(dirname "$path")"
@@ -24,11 +41,19 @@ put_file() {
   if [ -f "$path" ] && cmp -s "$tmp" "$path" &&
     [ "$(stat -c %U:%G:%a "$tmp")" = "$(stat -c %U:%G:%a "$path")" ]; then
     rm -f "$tmp"
+    mark_ours "$path"
     return 0
   fi
   rm -f "$path.mailfleet-old"
-  if [ -e "$path" ]; then cp -p "$path" "$path.mailfleet-old"; fi
+  if [ -e "$path" ]; then
+    cp -p "$path" "$path.mailfleet-old"
+    if [ ! -e "$path.pre-mailfleet" ] && ! is_ours "$path"; then
+      cp -p "$path" "$path.pre-mailfleet"
+      echo "kept the previous $path as $path.pre-mailfleet"
+    fi
+  fi
   mv -f "$tmp" "$path"
+  mark_ours "$path"
   changed+=("$path")
   echo "changed $path"
 }
@@ -39,6 +64,9 @@ undo_changes() {
     if [ -e "$path.mailfleet-old" ]; then mv -f "$path.mailfleet-old" "$path"; else rm -f "$path"; fi
   done
   changed=()
+# Paths mailfleet has installed: a file not listed here (and without mailfleet's header) was
+# there before, so the first replacement keeps it as PATH.pre-mailfleet.
+managed_list=/var/lib/mailfleet/managed-files
 }
 
 keep_changes() {
@@ -46,13 +74,15 @@ keep_changes() {
   for path in "${changed[@]}"; do rm -f "$path.mailfleet-old"; done
 }
 
-# any_changed [PATH...]: did this step change any file, or one of the given ones?
+# any_changed: did this step change any file?
 any_changed() {
-  local path wanted
-  if [ $# -eq 0 ]; then [ ${#changed[@]} -gt 0 ]; return; fi
-  for wanted in "$@"; do
-    for path in "${changed[@]}"; do [ "$path" = "$wanted" ] && return 0; done
-  done
+  [ ${#changed[@]} -gt 0 ]
+}
+
+# file_changed PATH: did this step change that file?
+file_changed() {
+  local path
+  for path in "${changed[@]}"; do [ "$path" = "$1" ] && return 0; done
   return 1
 }
 
@@ -69,20 +99,151 @@ validate() {
 }
 
 # ensure_service UNIT ACTION: enabled and running; ACTION (reload, restart or none) applies a
-# change to a unit that was already running.
+# change to a unit that was already running. Returns non-zero when systemd fails.
 ensure_service() {
   local unit=$1 action=$2
   if ! systemctl is-enabled -q "$unit" 2>/dev/null; then
-    systemctl enable -q "$unit"
+    systemctl enable -q "$unit" || return 1
     echo "enabled $unit"
   fi
   if ! systemctl is-active -q "$unit"; then
-    systemctl start "$unit"
+    systemctl start "$unit" || return 1
     echo "started $unit"
-  elif [ "$action" != none ]; then
-    systemctl "$action" "$unit"
-    echo "${action}ed $unit"
+  elif [ "$action" = reload ]; then
+    reload_unit "$unit" || return 1
+    echo "reloaded $unit"
+  elif [ "$action" = restart ]; then
+    systemctl restart "$unit" || return 1
+    echo "restarted $unit"
   fi
+}
+
+# apply_to_service WHAT UNITS ACTIONS PROBE...: ensure_service for each unit of the
+# space-separated UNITS with the matching word of ACTIONS, then PROBE, a command that prints what
+# it saw and fails when the service does not work. When a unit or the probe fails, the previous
+# files go back, every unit returns to its previous state (reloaded or restarted again, or stopped
+# if it was not running) and the step fails naming WHAT and what was seen. The new files are kept
+# only once the probe has passed. With nothing to apply, nothing is probed.
+apply_to_service() {
+  local what=$1 seen='' unit action i failed=no
+  local -a units actions was_active was_enabled
+  read -r -a units <<<"$2"
+  read -r -a actions <<<"$3"
+  shift 3
+  [ ${#units[@]} -eq ${#actions[@]} ] || fail "apply_to_service: ${#units[@]} units but ${#actions[@]} actions"
+  local nothing_to_do=yes
+  for i in "${!units[@]}"; do
+    was_active[i]=no was_enabled[i]=no
+    systemctl is-active -q "${units[i]}" && was_active[i]=yes
+    systemctl is-enabled -q "${units[i]}" 2>/dev/null && was_enabled[i]=yes
+    if [ "${was_active[i]}" = no ] || [ "${actions[i]}" != none ]; then nothing_to_do=no; fi
+  done
+  if [ "$nothing_to_do" = yes ]; then
+    for unit in "${units[@]}"; do ensure_service "$unit" none || fail "$what: could not enable $unit"; done
+    keep_changes
+    return 0
+  fi
+  for i in "${!units[@]}"; do
+    unit=${units[i]} action=${actions[i]}
+    if ! ensure_service "$unit" "$action"; then
+      failed=yes
+      seen="$unit did not ${action/none/start}: $(journalctl -u "$unit" -n 5 --no-pager -o cat 2>/dev/null | tr '\n' ' ')"
+      break
+    fi
+  done
+  if [ "$failed" = no ] && seen=$("$@" 2>&1); then
+    keep_changes
+    return 0
+  fi
+  undo_changes
+  local restored=()
+  for i in "${!units[@]}"; do
+    unit=${units[i]} action=${actions[i]}
+    if [ "${was_active[i]}" = yes ]; then
+      if [ "$action" = restart ]; then systemctl restart "$unit" || true
+      elif [ "$action" = reload ]; then reload_unit "$unit" || true; fi
+      systemctl is-active -q "$unit" || systemctl start "$unit" || true
+      case $action in
+        reload | restart) restored+=("$unit ${action}ed with them") ;;
+        *) restored+=("$unit left running") ;;
+      esac
+    else
+      systemctl stop "$unit" || true
+      if [ "${was_enabled[i]}" = no ]; then systemctl disable -q "$unit" 2>/dev/null || true; fi
+      restored+=("$unit stopped")
+    fi
+  done
+  local summary
+  summary=$(printf '%s, ' "${restored[@]}")
+  fail "$what failed after the change ($seen); the previous files are restored, ${summary%, }"
+}
+
+# probe_smtp IP HOSTNAME [tls]: IP:25 answers with a banner naming HOSTNAME and, with tls,
+# completes STARTTLS with a certificate (Postfix's own posttls-finger, no mail sent). Retries for
+# about ten seconds: a master that was just started takes a moment to listen.
+probe_smtp() {
+  local ip=$1 hostname=$2 tls=${3:-} out='' level=none
+  if [ "$tls" = tls ]; then level=encrypt; fi
+  for _ in $(seq 20); do
+    out=$(posttls-finger -t 5 -T 5 -l "$level" "[$ip]:25" 2>&1 || true)
+    if grep -qF "< 220 $hostname " <<<"$out" &&
+      { [ "$tls" != tls ] || { grep -q "TLS connection established" <<<"$out" &&
+        ! grep -q "Anonymous TLS connection" <<<"$out"; }; }; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "instance on $ip:25 did not answer as $hostname${tls:+ with STARTTLS and a certificate}: $(grep -E '^posttls-finger: ([<]|STARTTLS|.*TLS connection|.*refused|.*[Ff]ail|.*error|.*timed out)' <<<"$out" | head -n 6 | tr '\n' ' ')"
+  return 1
+}
+
+# postfix_if_supported < main.cf: each `# mailfleet:if-supported NAME = VALUE` line becomes
+# `NAME = VALUE` when this host's Postfix knows NAME (postconf -d), and is dropped otherwise, so
+# one template serves every Postfix version and a re-apply compares the same text.
+postfix_if_supported() {
+  local known line name
+  known=" $(postconf -d 2>/dev/null | awk '{ print $1 }' | tr '\n' ' ') "
+  [[ "$known" == *" mail_version "* ]] || fail "postconf -d lists no parameters: cannot tell which this Postfix supports"
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [[ "$line" =~ ^#\ mailfleet:if-supported\ ([a-z0-9_]+)\ *= ]]; then
+      name=${BASH_REMATCH[1]}
+      if [[ "$known" == *" $name "* ]]; then printf '%s\n' "${line#\# mailfleet:if-supported }"; fi
+    else
+      printf '%s\n' "$line"
+    fi
+  done
+}
+
+# probe_opendkim CONF UNIT...: each OpenDKIM unit runs and listens on the Socket of its CONF (the
+# arguments come in pairs): a unix socket exists, an inet one accepts connections.
+probe_opendkim() {
+  local conf unit socket port host ok
+  while [ $# -ge 2 ]; do
+    conf=$1 unit=$2 ok=no
+    shift 2
+    socket=$(opendkim_socket "$conf")
+    for _ in $(seq 20); do
+      if systemctl is-active -q "$unit"; then
+        case $socket in
+          local:* | unix:*) [ -S "${socket#*:}" ] && ok=yes ;;
+          inet:*)
+            port=${socket#inet:} port=${port%@*} host=${socket##*@}
+            if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then ok=yes; fi ;;
+          *) ok=yes ;;
+        esac
+      fi
+      [ "$ok" = yes ] && break
+      sleep 0.5
+    done
+    if [ "$ok" = no ]; then
+      echo "$unit is $(systemctl is-active "$unit" || true) and does not listen on $socket"
+      return 1
+    fi
+  done
+}
+
+opendkim_socket() {
+  awk '$1 == "Socket" { print $2 }' "$1" 2>/dev/null || true
 }
 
 instance_exists() {
@@ -96,4 +257,53 @@ instance_exists() {
 lock_default_main_cf() {
   exec 9>/run/mailfleet-postfix.lock
   flock -w 300 9 || fail "timed out waiting for another mailfleet step on this host"
+}
+
+# How this host's Postfix package runs instances under systemd, read from its unit files rather
+# than guessed from the release:
+#   postmulti   postfix@.service runs `postmulti -i %i` (Debian 12, Ubuntu 22.04 and 24.04): the
+#               default instance is postfix@-, instance postfix-43 is postfix@postfix-43.
+#   config-dir  postfix@.service sets MAIL_CONFIG=/etc/postfix-%I (Debian 13, Postfix 3.9.1-7 and
+#               later): postfix.service is the default instance (it conflicts with postfix@-),
+#               instance postfix-43 (/etc/postfix-43) is postfix@43, and postfix.service no longer
+#               starts the others: each is enabled on its own. postfix.service's stop, restart and
+#               reload reach every instance (PartOf, ReloadPropagatedFrom).
+postfix_packaging=
+detect_postfix_packaging() {
+  local units found
+  units=$(systemctl cat postfix@.service 2>/dev/null || true)
+  if grep -Eq '^ExecStart=.*postmulti -i %i' <<<"$units"; then
+    postfix_packaging=postmulti
+  elif grep -Eq '^Environment=.*MAIL_CONFIG=/etc/postfix-%I' <<<"$units"; then
+    postfix_packaging=config-dir
+  else
+    found=$(grep -E '^(ExecStart|Environment)=' <<<"$units" | tr '\n' ' ' || true)
+    fail "host $(hostname) ($(os_name)) packages Postfix in a way mailfleet does not know: postfix@.service ${found:-is missing}. Supported: postfix@.service running 'postmulti -i %i' (Debian 12, Ubuntu 22.04/24.04) or setting MAIL_CONFIG=/etc/postfix-%I (Debian 13)"
+  fi
+}
+
+os_name() {
+  # shellcheck source=/dev/null
+  (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-${ID:-unknown}}") || echo "no /etc/os-release"
+}
+
+# postfix_unit NAME: the systemd unit that runs instance NAME ("-" is the default instance).
+postfix_unit() {
+  [ -n "$postfix_packaging" ] || detect_postfix_packaging
+  case "$postfix_packaging:$1" in
+    postmulti:*) echo "postfix@$1" ;;
+    config-dir:-) echo postfix ;;
+    config-dir:postfix-*) echo "postfix@${1#postfix-}" ;;
+    *) fail "instance $1 has no systemd unit under $postfix_packaging packaging" ;;
+  esac
+}
+
+# reload_unit UNIT: apply new configuration without a restart. On config-dir packaging,
+# `systemctl reload postfix` reaches every instance, so the default instance is reloaded alone.
+reload_unit() {
+  if [ "$1" = postfix ] && [ "$postfix_packaging" = config-dir ]; then
+    postmulti -i - -p reload >/dev/null
+  else
+    systemctl reload "$1"
+  fi
 }

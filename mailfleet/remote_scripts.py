@@ -2,8 +2,11 @@
 
 Each step's script travels as the command's stdin (so `pulumi preview` shows the text that
 changes, and secrets never reach a command line): the library in remote_lib.sh, then the step,
-with every file it installs inline as a quoted here-document. `RUNNER` is the command itself: it
-saves the script to a private temp file and runs it as root with nothing on stdin. Pure text.
+rendered from templates/steps/NAME.sh.j2, with every file it installs inline as a quoted
+here-document. Unlike the rest of templates/, which mirrors installed paths, templates/steps/
+holds scripts that are run, not installed. Values reach the scripts through the `q` filter
+(shell quoting). `runner` is the command itself: it saves the script to a private temp file and
+runs it as root with nothing on stdin. Pure text.
 """
 
 from __future__ import annotations
@@ -11,12 +14,57 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import jinja2
+
 from mailfleet import render
 from mailfleet.config import DkimKey, Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 PACKAGES = ("postfix", "opendkim", "opendkim-tools")
+DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
+STEPS = render.TEMPLATES / "steps"
+
+
+def _put(path: str, owner: str, mode: str, content: str) -> str:
+    """put_file with its content as a quoted here-document (nothing in it is expanded)."""
+    if not content.endswith("\n"):
+        content += "\n"
+    if f"\n{_EOF}\n" in f"\n{content}":
+        raise ValueError(f"{path}: content contains the here-document delimiter {_EOF}")
+    return f"put_file {shlex.quote(path)} {owner} {mode} <<'{_EOF}'\n{content}{_EOF}"
+
+
+def _heredoc(content: str) -> str:
+    """The body of a quoted here-document that the template closes with {{ eof }}."""
+    if not content.endswith("\n"):
+        content += "\n"
+    if f"\n{_EOF}\n" in f"\n{content}":
+        raise ValueError(f"content contains the here-document delimiter {_EOF}")
+    return content
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(STEPS),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    # bash's ${#array[@]} would open a jinja comment.
+    comment_start_string="<%#",
+    comment_end_string="#%>",
+)
+_env.filters["q"] = shlex.quote
+_env.filters["heredoc"] = _heredoc
+_env.globals.update(put_file=_put, eof=_EOF)
+
+
+def step_names() -> list[str]:
+    return sorted(path.name.removesuffix(".sh.j2") for path in STEPS.glob("*.sh.j2"))
+
+
+def _script(step: str, **context) -> str:
+    return f"{LIBRARY}\n" + _env.get_template(f"{step}.sh.j2").render(**context)
 
 
 def runner(ssh_user: str) -> str:
@@ -33,203 +81,63 @@ def inline_command(script: str, ssh_user: str) -> str:
 {sudo}bash "$f" </dev/null"""
 
 
-def _q(value: str) -> str:
-    return shlex.quote(value)
-
-
-def _put(path: str, owner: str, mode: str, content: str) -> str:
-    if not content.endswith("\n"):
-        content += "\n"
-    if f"\n{_EOF}\n" in f"\n{content}":
-        raise ValueError(f"{path}: content contains the here-document delimiter {_EOF}")
-    return f"put_file {_q(path)} {owner} {mode} <<'{_EOF}'\n{content}{_EOF}\n"
-
-
-def _script(title: str, body: str) -> str:
-    return f"{LIBRARY}\n# ---- {title} ----\n{body}"
-
-
 def preflight(host: Host) -> str:
     """Fail early, and clearly, when the host cannot take the configuration."""
-    ips = " ".join(i.ip for i in host.instances)
-    wait_for_cloud_init = "" if host.existing else (
-        "# A new VM: let cloud-init finish the network and users first.\n"
-        "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi\n")
-    return _script(f"preflight for host {host.name}", f"""{wait_for_cloud_init}[ -d /run/systemd/system ] || fail "host {host.name} does not run systemd"
-command -v apt-get >/dev/null || fail "host {host.name} is not Debian or Ubuntu (no apt-get)"
-configured=$(ip -o -4 addr show | awk '{{split($4, a, "/"); print a[1]}}')
-missing=()
-for ip in {ips}; do
-  grep -qxF "$ip" <<<"$configured" || missing+=("$ip")
-done
-if [ ${{#missing[@]}} -gt 0 ]; then
-  fail "host {host.name} ($(hostname)) lacks instance IP(s) ${{missing[*]}}: configure them on an interface (netplan) first, then run pulumi up again"
-fi
-""")
+    return _script("preflight", host=host)
 
 
 def packages() -> str:
     """Install Postfix and OpenDKIM when missing; touch nothing when they are there."""
-    names = " ".join(PACKAGES)
-    return _script("packages", f"""missing=()
-for package in {names}; do
-  status=$(dpkg-query -W -f='${{Status}}' "$package" 2>/dev/null || true)
-  [ "$status" = "install ok installed" ] || missing+=("$package")
-done
-if [ ${{#missing[@]}} -gt 0 ]; then
-  # "No configuration": no main.cf and no started default instance; mailfleet writes its own.
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  export DEBIAN_FRONTEND=noninteractive
-  apt_install() {{ apt-get install -y -q -o Dpkg::Options::=--force-confold --no-install-recommends "${{missing[@]}}"; }}
-  # Try without refreshing the lists first: hosts with the packages cached need no network.
-  apt_install >/dev/null 2>&1 || {{ apt-get update -q >/dev/null && apt_install >/dev/null; }} || fail "could not install ${{missing[*]}}"
-  echo "installed ${{missing[*]}}"
-fi
-""")
+    return _script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
 def default_instance(fleet: Fleet, host: Host) -> str:
-    """The default instance: 127.0.0.1 only, multi-instance on. multi_instance_directories belongs
-    to postmulti (create and destroy edit it), so its current value is carried over."""
-    return _script("default Postfix instance", f"""lock_default_main_cf
-directories=$(postconf -h multi_instance_directories 2>/dev/null || true)
-put_file /etc/postfix/main.cf root:root 0644 < <(cat <<'{_EOF}'
-{render.default_main_cf(fleet, host)}{_EOF}
-echo "multi_instance_directories = $directories")
-validate "postfix check" postfix check
-keep_changes
-action=none
-if any_changed; then action=reload; fi
-systemctl enable -q postfix.service
-ensure_service postfix@- "$action"
-""")
+    """The default instance: 127.0.0.1 only, multi-instance on."""
+    return _script("default_instance", main_cf=render.default_main_cf(fleet, host))
+
+
+# Every signer mailfleet may run, whether or not this configuration needs it.
+_ALL_SIGNERS = (render.RSA_SIGNER, render.ED25519_SIGNER)
 
 
 def dkim_keys(private_keys: dict[DkimKey, str]) -> str:
-    """The DKIM private keys, readable by opendkim only (it refuses keys others can read)."""
-    body = "install -d -m 0750 -o root -g opendkim /etc/opendkim /etc/opendkim/keys\n"
-    for key, pem in private_keys.items():
-        body += f"install -d -m 0750 -o opendkim -g opendkim {_q(f'{render.DKIM_KEY_DIR}/{key.domain}')}\n"
-        body += _put(render.dkim_key_file(key), "opendkim:opendkim", "0600", pem)
-    body += """keep_changes
-for unit in opendkim opendkim-ed25519; do
-  if any_changed && systemctl is-active -q "$unit"; then
-    systemctl reload "$unit"
-    echo "reloaded $unit"
-  fi
-done
-"""
-    return _script("DKIM keys", body)
+    """The DKIM private keys, readable by opendkim only; the signers that run re-read them."""
+    keys = {render.dkim_key_file(key): pem for key, pem in private_keys.items()}
+    return _script("dkim_keys", keys=keys, key_dir=render.DKIM_KEY_DIR, signers=_ALL_SIGNERS)
 
 
 def dkim_keys_delete() -> str:
     """On destroy (after every instance is gone): no private key stays behind, nothing signs."""
-    return _script("remove DKIM keys", f"""systemctl disable -q --now opendkim 2>/dev/null || true
-rm -rf {render.DKIM_KEY_DIR}
-echo "removed DKIM keys"
-""")
+    return _script("dkim_keys_delete", key_dir=render.DKIM_KEY_DIR, signers=_ALL_SIGNERS)
 
 
 def dkim_config(fleet: Fleet) -> str:
-    files = render.opendkim_files(fleet)
-    body = "".join(_put(path, "root:root", "0644", content) for path, content in files.items())
-    for signer in render.signers(fleet):
-        body += f'validate "opendkim -n -x {signer.conf}" opendkim -n -x {signer.conf}\n'
-    wanted = " ".join(_q(render.dkim_key_file(key)) for key in fleet.dkim)
-    # The milter sockets' directory: setgid group postfix, so a socket is reachable by Postfix only.
-    body += f"install -d -m 2750 -o opendkim -g postfix {render.MILTER_SOCKET_DIR}\n"
-    body += f"""keep_changes
-# Keys that the tables no longer name are retired only now that nothing refers to them.
-wanted=" {wanted} "
-while IFS= read -r -d '' file; do
-  if [[ "$wanted" != *" $file "* ]]; then rm -f "$file"; changed+=("$file"); echo "removed $file"; fi
-done < <(find {render.DKIM_KEY_DIR} -name '*.private' -type f -print0)
-"""
-    ed = render.ED25519_SIGNER
-    if ed in render.signers(fleet):
-        body += f"""if any_changed {render.ED25519_UNIT_FILE}; then systemctl daemon-reload; fi
-"""
-    else:  # no Ed25519 key (any more): its signer goes; Postfix no longer names its socket
-        body += f"""if [ -e {render.ED25519_UNIT_FILE} ]; then
-  systemctl disable -q --now {ed.unit} 2>/dev/null || true
-  rm -rf {render.ED25519_UNIT_FILE} {ed.conf} {ed.tables}
-  systemctl daemon-reload
-  echo "removed {ed.unit}"
-fi
-"""
-    for signer in render.signers(fleet):
-        body += f"""action=none
-if any_changed {signer.tables}/KeyTable {signer.tables}/SigningTable /etc/opendkim/TrustedHosts; then action=reload; fi
-# The socket is bound at start: a new configuration file needs a restart, not a reload.
-if any_changed {signer.conf}{' ' + render.ED25519_UNIT_FILE if signer is ed else ''}; then action=restart; fi
-ensure_service {signer.unit} "$action"
-"""
-    return _script("OpenDKIM configuration", body)
+    """One OpenDKIM per key algorithm in use (render.Signer), each on its unix socket."""
+    return _script("dkim_config", files=render.opendkim_files(fleet), key_dir=render.DKIM_KEY_DIR,
+                   key_files=[render.dkim_key_file(key) for key in fleet.dkim],
+                   signers=render.signers(fleet), ed=render.ED25519_SIGNER,
+                   ed_unit_file=render.ED25519_UNIT_FILE, socket_dir=render.MILTER_SOCKET_DIR)
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
-    unit = f"postfix@{instance.name}"
-    body = f"install -d -m 0700 -o root -g root {render.TLS_DIR}\n"
-    body += _put(render.tls_file(instance), "root:root", "0600", bundle_pem)
-    body += f"""keep_changes
-if any_changed && systemctl is-active -q {unit}; then
-  systemctl reload {unit}
-  echo "reloaded {unit}"
-fi
-"""
-    return _script(f"TLS for {instance.name}", body)
+    return _script("instance_tls", instance=instance, directory=render.instance_dir(instance),
+                   tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
+                   bundle=bundle_pem)
 
 
 def instance_tls_delete(instance: Instance) -> str:
-    return _script(f"remove TLS of {instance.name}", f"rm -f {render.tls_file(instance)}\n")
+    return _script("instance_tls_delete", instance=instance, tls_file=render.tls_file(instance))
 
 
 def instance_config(fleet: Fleet, instance: Instance) -> str:
-    name, directory = instance.name, render.instance_dir(instance)
-    body = f"""lock_default_main_cf
-if ! instance_exists {name}; then
-  postmulti -I {name} -G mail -e create
-  echo "created instance {name}"
-fi
-old_interfaces=$(postconf -c {directory} -h inet_interfaces)
-"""
-    body += _put(f"{directory}/main.cf", "root:root", "0644", render.instance_main_cf(fleet, instance))
-    body += _put(f"{directory}/master.cf", "root:root", "0644", render.instance_master_cf(instance))
-    for path, content in render.instance_tables(instance).items():
-        body += _put(path, "root:root", "0644", content)
-    body += f"""validate "postfix -c {directory} check" postfix -c {directory} check
-keep_changes
-action=none
-if any_changed; then action=reload; fi
-# Listening sockets are bound at start: a new address needs a restart.
-if [ "$old_interfaces" != "$(postconf -c {directory} -h inet_interfaces)" ]; then action=restart; fi
-ensure_service postfix@{name} "$action"
-"""
-    return _script(f"Postfix instance {name}", body)
+    return _script("instance_config", name=instance.name, directory=render.instance_dir(instance),
+                   ip=instance.ip, hostname=instance.hostname,
+                   main_cf=render.instance_main_cf(fleet, instance),
+                   master_cf=render.instance_master_cf(instance),
+                   tables=render.instance_tables(instance))
 
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
-    name, directory = instance.name, render.instance_dir(instance)
-    return _script(f"retire Postfix instance {name}", f"""lock_default_main_cf
-if ! instance_exists {name}; then
-  echo "instance {name} is already gone"
-  exit 0
-fi
-queue=$(postconf -c {directory} -h queue_directory)
-queued() {{ find "$queue"/maildrop "$queue"/incoming "$queue"/active "$queue"/deferred "$queue"/hold -type f 2>/dev/null | wc -l; }}
-postqueue -c {directory} -f 2>/dev/null || true
-for _ in $(seq {drain_seconds}); do [ "$(queued)" -eq 0 ] && break; sleep 1; done
-systemctl stop postfix@{name}
-count=$(queued)
-if [ "$count" -gt 0 ]; then
-  systemctl start postfix@{name}
-  fail "instance {name} still holds $count message(s) in $queue, so it is left running: let the queue drain (postqueue -c {directory} -p) and run pulumi up again"
-fi
-systemctl disable -q postfix@{name} 2>/dev/null || true
-postmulti -i {name} -e disable
-# destroy removes only main.cf and master.cf, then the directory if it is empty.
-rm -f {" ".join(_q(path) for path in render.instance_tables(instance))}
-postmulti -i {name} -e destroy
-echo "destroyed instance {name}"
-""")
+    return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
+                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)

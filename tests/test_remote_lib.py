@@ -2,12 +2,20 @@
 
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 from mailfleet.remote_scripts import LIBRARY
+from skips import skip_or_fail
+
+
+# The record of installed files goes to a temp directory, not this machine's /var/lib.
+MANAGED_LIST = Path(tempfile.mkdtemp(prefix="mailfleet-lib-")) / "managed-files"
 
 
 def bash(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", LIBRARY + script], capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", "-c", f"{LIBRARY}\nmanaged_list={MANAGED_LIST}\n{script}"],
+                          capture_output=True, text=True, timeout=30)
 
 
 def put(path, content, mode="0640", then=""):
@@ -43,3 +51,75 @@ def test_failed_validation_restores_the_previous_file(tmp_path):
     new = tmp_path / "new.conf"
     put(new, "bad", then=f'validate "app check" grep -q good {new}')
     assert not new.exists()  # a file that did not exist before is removed again
+
+
+# The lines that tell the packagings apart, as the packages ship them.
+BOOKWORM_TEMPLATE_UNIT = """[Service]
+Type=forking
+GuessMainPID=no
+ExecStartPre=/usr/lib/postfix/configure-instance.sh %i
+ExecStart=/usr/sbin/postmulti -i %i -p start
+ExecStop=/usr/sbin/postmulti -i %i -p stop
+"""
+TRIXIE_TEMPLATE_UNIT = """[Unit]
+AssertPathExists=/etc/postfix-%I/main.cf
+[Service]
+Type=forking
+Environment=MAIL_CONFIG=/etc/postfix-%I
+ExecStartPre=+postfix check
+ExecStart=postfix debian-systemd-start
+"""
+
+
+def units(template_unit: str, script: str) -> subprocess.CompletedProcess:
+    """Run script with `systemctl cat postfix@.service` answering template_unit."""
+    stub = f"systemctl() {{ [ \"$1 $2\" = 'cat postfix@.service' ] && cat <<'UNIT'\n{template_unit}UNIT\n}}\n"
+    return bash(stub + script)
+
+
+def test_units_follow_the_packaging_read_from_the_unit_file():
+    script = 'detect_postfix_packaging; echo "$postfix_packaging $(postfix_unit -) $(postfix_unit postfix-43)"'
+    assert units(BOOKWORM_TEMPLATE_UNIT, script).stdout.split() == ["postmulti", "postfix@-", "postfix@postfix-43"]
+    assert units(TRIXIE_TEMPLATE_UNIT, script).stdout.split() == ["config-dir", "postfix", "postfix@43"]
+
+
+def test_an_unknown_packaging_stops_with_what_was_found_and_what_is_supported():
+    result = units("[Service]\nExecStart=/usr/sbin/postfix-runner %i\n", "detect_postfix_packaging; echo went-on")
+    assert result.returncode == 1 and "went-on" not in result.stdout
+    assert "ExecStart=/usr/sbin/postfix-runner %i" in result.stderr
+    assert "Supported:" in result.stderr and "Debian 12" in result.stderr and "Debian 13" in result.stderr
+    missing = units("", "detect_postfix_packaging")
+    assert missing.returncode == 1 and "postfix@.service is missing" in missing.stderr
+
+
+def test_if_supported_lines_follow_this_machines_postfix():
+    """With the real postconf: a parameter this Postfix knows becomes a line, an unknown one goes."""
+    if subprocess.run(["which", "postconf"], capture_output=True).returncode != 0:
+        skip_or_fail("postconf is not installed (scripts/test installs Debian's postfix)")
+    main_cf = ("# Managed by mailfleet\n"
+               "smtpd_banner = $myhostname ESMTP\n"
+               "# mailfleet:if-supported smtpd_tls_security_level = may\n"
+               "# mailfleet:if-supported no_such_parameter_in_any_postfix = yes\n"
+               "#  mailfleet:if-supported smtpd_tls_security_level = encrypt\n"
+               "relayhost =\n")
+    result = bash(f"postfix_if_supported <<'EOF'\n{main_cf}EOF\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("# Managed by mailfleet\n"
+                             "smtpd_banner = $myhostname ESMTP\n"
+                             "smtpd_tls_security_level = may\n"
+                             "#  mailfleet:if-supported smtpd_tls_security_level = encrypt\n"  # not the marker: a comment
+                             "relayhost =\n")
+
+
+def test_a_file_that_was_there_before_is_kept_once_as_pre_mailfleet(tmp_path):
+    target = tmp_path / "main.cf"
+    target.write_text("# Debian's own\n")
+    first = put(target, "# Managed by mailfleet\nnew = 1", then="keep_changes")
+    assert "kept the previous" in first.stdout
+    assert (tmp_path / "main.cf.pre-mailfleet").read_text() == "# Debian's own\n"
+    put(target, "# Managed by mailfleet\nnew = 2", then="keep_changes")
+    assert (tmp_path / "main.cf.pre-mailfleet").read_text() == "# Debian's own\n"  # once, for good
+    key = tmp_path / "sel.private"
+    put(key, "key one", then="keep_changes")
+    assert "kept" not in put(key, "key two", then="keep_changes").stdout  # mailfleet's own file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["main.cf", "main.cf.pre-mailfleet", "sel.private"]

@@ -1,9 +1,10 @@
 """Apply for real: the real __main__.py deploys onto a systemd Debian host over SSH, then mail flows.
 
 The program runs under RealMocks: keys and certificates are really generated and every
-`remote.Command` really runs over SSH on the test host (a Debian 12 system booted with
-systemd-nspawn in a network namespace of this test's own). The tests run in file order and
-share one host: deploy, prove the mail path, re-apply, change, restart, remove.
+`remote.Command` really runs over SSH on the test host (a Debian system booted with
+systemd-nspawn in a network namespace of this test's own). The whole module runs once on Debian 12
+(bookworm) and once on Debian 13 (trixie), each with its own host and state. The tests run in
+file order and share one host: deploy, prove the mail path, re-apply, change, restart, remove.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from harness import run_program
 from integration.real_mocks import RealMocks, plain
-from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import SUITES, OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -72,11 +73,11 @@ class StatefulMocks(RealMocks):
         return result
 
 
-STATE: dict = {}
+STATE: dict[str, dict] = {}  # per suite: the engine's state of that suite's stack
 
 
 def apply(host: TestHost, config: dict[str, str]):
-    mocks = StatefulMocks(host.connect, STATE)
+    mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
     started = time.monotonic()
     run = run_program(config, mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="integration")
     return run, mocks, time.monotonic() - started
@@ -87,21 +88,31 @@ def step_output(mocks: RealMocks) -> str:
 
 
 @pytest.fixture(scope="module")
-def host():
-    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT])
+def host(suite):
+    started = time.monotonic()
+    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite)
     try:
         test_host.start()
     except TestHostUnavailable as error:
         skip_or_fail(f"no test host: {error}")
+    figures[f"{SUITES[suite]} host start s"] = round(time.monotonic() - started, 1)
     yield test_host
     test_host.stop()
+    figures[f"{SUITES[suite]} suite s"] = round(time.monotonic() - started, 1)
+
+
+def unit(host: TestHost, name: str) -> str:
+    """The systemd unit of an instance as the suite's Postfix package names it (see README)."""
+    if host.suite == "bookworm":
+        return f"postfix@{name}"
+    return "postfix" if name == "-" else f"postfix@{name.removeprefix('postfix-')}"
 
 
 @pytest.fixture(scope="module")
 def deployed(host):
     run, mocks, seconds = apply(host, config_for(host))
-    figures["first apply s"] = round(seconds, 1)
-    figures["remote commands"] = sum(1 for e in mocks.log if e["type"] == "command:remote:Command")
+    figures[f"{SUITES[host.suite]} first apply s"] = round(seconds, 1)
+    figures[f"{SUITES[host.suite]} remote commands"] = sum(1 for e in mocks.log if e["type"] == "command:remote:Command")
     assert "installed postfix opendkim opendkim-tools" in step_output(mocks)
     return {"run": run, "mocks": mocks}
 
@@ -283,7 +294,7 @@ def test_without_opendkim_mail_waits_and_leaves_signed_afterwards(host, deployed
 def test_reapply_changes_no_file_and_restarts_nothing(host, deployed):
     files, pids = file_states(host), service_pids(host)
     _, mocks, seconds = apply(host, config_for(host))
-    figures["re-apply s"] = round(seconds, 1)
+    figures[f"{SUITES[host.suite]} re-apply s"] = round(seconds, 1)
     assert file_states(host) == files
     assert service_pids(host) == pids
     output = step_output(mocks)
@@ -308,7 +319,7 @@ def test_changing_one_instance_touches_only_that_instance(host, deployed):
     assert differing == {"/etc/postfix-47/main.cf", "/etc/mailfleet/tls/postfix-47.pem"}, differing
     assert {k: v for k, v in after_pids.items() if k != "postfix-47"} == \
         {k: v for k, v in pids.items() if k != "postfix-47"}
-    assert "reloaded postfix@postfix-47" in step_output(mocks)
+    assert f"reloaded {unit(host, 'postfix-47')}" in step_output(mocks)
     # Nothing else was reloaded either: no other master logged a reload, no other unit had a reload
     # job, and every other master kept its qmgr.
     journal = [json.loads(line) for line in host.run(
@@ -316,7 +327,7 @@ def test_changing_one_instance_touches_only_that_instance(host, deployed):
     reloaded = {m.group(1) for e in journal
                 if (m := re.search(r"reload -- version \S+ configuration (\S+)", str(e.get("MESSAGE"))))}
     assert reloaded == {"/etc/postfix-47"}, reloaded
-    assert {e.get("UNIT") for e in journal if e.get("JOB_TYPE") == "reload"} == {"postfix@postfix-47.service"}
+    assert {e.get("UNIT") for e in journal if e.get("JOB_TYPE") == "reload"} == {unit(host, 'postfix-47') + ".service"}
     after_qmgrs = qmgr_pids()
     for name, pid in pids.items():
         if name not in ("postfix-47", "opendkim"):
@@ -335,9 +346,14 @@ def test_after_a_reboot_every_instance_and_opendkim_come_back(host, deployed):
     host.restart()
     host.run("systemctl is-system-running --wait", check=False, timeout=120)
     assert host.run("systemctl is-active opendkim")[1].strip() == "active"
+    for name in ["-", *(i["name"] for i in INSTANCES)]:
+        # Each master runs under its own unit, so systemd stops, restarts and watches it.
+        cgroup = host.run(f"cat /proc/{master_pid(host, name)}/cgroup")[1].strip()
+        assert cgroup.endswith(f"/{unit(host, name)}.service"), (name, cgroup)
     found = listeners(host)
     for instance in INSTANCES:
-        assert host.run(f"systemctl is-active postfix@{instance['name']}")[1].strip() == "active"
+        assert host.run(f"systemctl is-active {unit(host, instance['name'])}")[1].strip() == "active"
+        assert host.run(f"systemctl is-enabled {unit(host, instance['name'])}")[1].strip() == "enabled"
         assert found.get(f"{instance['ip']}:25") == {master_pid(host, instance["name"])}
     host.clear_sink()
     submit(host, INSTANCES[2]["ip"], message("news@example.net", "after reboot"))
@@ -358,8 +374,8 @@ def test_removing_an_instance_retires_it_and_leaves_the_others(host, deployed):
         assert rc == 0, err
     assert not instance_listed(host, "postfix-47")
     assert not any(a.startswith("127.0.0.47:") for a in listeners(host))
-    assert host.run("systemctl is-enabled postfix@postfix-47", check=False)[1].strip() != "enabled"
-    assert host.run("systemctl is-active postfix@postfix-47", check=False)[1].strip() != "active"
+    assert host.run(f"systemctl is-enabled {unit(host, 'postfix-47')}", check=False)[1].strip() != "enabled"
+    assert host.run(f"systemctl is-active {unit(host, 'postfix-47')}", check=False)[1].strip() != "active"
     assert "postfix-47" not in host.run("postmulti -l")[1]
     after = file_states(host)
     left = {p: s for p, s in files.items() if "postfix-47" not in p and p != "/etc/postfix/main.cf"}

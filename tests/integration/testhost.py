@@ -1,15 +1,16 @@
-"""A real Debian 12 host for integration tests: systemd in a container, in its own netns.
+"""A real Debian host for integration tests: systemd in a container, in its own netns.
 
-`TestHost(ips=[...]).start()` gives a booted Debian bookworm system (real systemd as PID 1,
+`TestHost(ips=[...], suite="bookworm").start()` gives a booted Debian system of that suite
+(bookworm = Debian 12, the default; trixie = Debian 13) (real systemd as PID 1,
 sshd, dbus) running under systemd-nspawn inside a fresh network namespace that has only a
 loopback interface. The namespace's `lo` carries 127.0.0.1, every requested instance IP as a
 /32, and the documentation address 192.0.2.10 (an "outside" client for relay-denial tests).
 Nothing can leave the namespace: it has no other interface.
 
-The root filesystem is built once with debootstrap from the Debian mirror apt already uses on
-this machine, with postfix/opendkim/opendkim-tools downloaded (not installed) into its apt
+The root filesystem is built once per suite with debootstrap from the Debian mirror apt already
+uses on this machine for bookworm (the same URI serves trixie), with postfix/opendkim/opendkim-tools downloaded (not installed) into its apt
 cache, so the program under test can `apt-get install` them with no network. It is cached as
-a tarball (IMAGE_VERSION) and every TestHost boots a fresh copy of it.
+a tarball per suite (SUITE-vIMAGE_VERSION) and every TestHost boots a fresh copy of it.
 
 The test process itself stays in the host namespace. `connect()` opens sockets inside the
 test namespace by switching only the calling thread into it for the `socket()` call, so
@@ -44,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from skips import skip_or_fail  # noqa: F401  (the suite's one skip helper, re-exported)
 
 IMAGE_VERSION = "1"  # bump whenever the rootfs recipe below changes
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default suite; the mirror is found by its line in apt's sources
+SUITES = {"bookworm": "debian12", "trixie": "debian13"}  # suite -> test id
 HOSTNAME = "mailtest"
 OUTSIDE_CLIENT_IP = "192.0.2.10"
 SINK_PORT = 2525
@@ -133,12 +135,12 @@ def _configure_rootfs(rootfs):
     (rootfs / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
 
 
-def _build_image(tarball):
+def _build_image(tarball, suite):
     build_dir = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
     rootfs = build_dir / "rootfs"
     in_rootfs = [*NSPAWN, "--setenv=DEBIAN_FRONTEND=noninteractive", "-D", rootfs, "--"]
     try:
-        _run(["debootstrap", "--variant=minbase", SUITE, rootfs, debian_mirror()], timeout=900)
+        _run(["debootstrap", "--variant=minbase", suite, rootfs, debian_mirror()], timeout=900)
         _run([*in_rootfs, "apt-get", "install", "-y", "--no-install-recommends", *BASE_PACKAGES])
         _run([*in_rootfs, "apt-get", "clean"])  # the cache then holds only the mail packages
         _run([*in_rootfs, "apt-get", "install", "-y", "--download-only", *MAIL_PACKAGES])
@@ -160,11 +162,13 @@ def _build_image(tarball):
         shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def ensure_image():
-    """Path of the cached rootfs tarball, built first if needed (about a minute)."""
+def ensure_image(suite=SUITE):
+    """Path of the cached rootfs tarball of a suite, built first if needed (about a minute)."""
+    if suite not in SUITES:
+        raise TestHostUnavailable(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     cache_dir = Path(os.environ.get("MAILFLEET_TESTHOST_CACHE", "/var/cache/mailfleet-testhost"))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tarball = cache_dir / f"{SUITE}-v{IMAGE_VERSION}.tar.zst"
+    tarball = cache_dir / f"{suite}-v{IMAGE_VERSION}.tar.zst"
     with open(cache_dir / "build.lock", "w") as lock:
         deadline = time.monotonic() + 900  # a parallel run may be building the same image
         while True:
@@ -176,7 +180,7 @@ def ensure_image():
                     raise TestHostUnavailable(f"timed out waiting for {lock.name}")
                 time.sleep(1)
         if not tarball.exists():
-            _build_image(tarball)
+            _build_image(tarball, suite)
     return tarball
 
 
@@ -250,8 +254,9 @@ def _terminate(process, timeout):
 class TestHost:
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, ips=()):
+    def __init__(self, ips=(), suite=SUITE):
         self.ips = list(ips)
+        self.suite = suite
         key = ed25519.Ed25519PrivateKey.generate()
         self.ssh_private_key = key.private_bytes(serialization.Encoding.PEM,
                                                  serialization.PrivateFormat.OpenSSH,
@@ -270,7 +275,7 @@ class TestHost:
 
     def start(self):
         ensure_host_tools()
-        tarball = ensure_image()
+        tarball = ensure_image(self.suite)
         atexit.register(self.stop)  # a crashed or interrupted run still cleans up
         try:
             # Unpacking is ~8 s on this disk and under 1 s on tmpfs (e.g. /dev/shm).

@@ -1,0 +1,24 @@
+"""Every remote step's script for a stack, by step name (tests only)."""
+
+from __future__ import annotations
+
+from mailfleet import remote_scripts
+from mailfleet.config import Fleet
+
+FAKE_PEM = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+
+
+def rendered_steps(fleet: Fleet) -> dict[str, str]:
+    steps = {"packages": remote_scripts.packages(),
+             "dkim-keys": remote_scripts.dkim_keys({key: FAKE_PEM for key in fleet.dkim}),
+             "dkim-keys-delete": remote_scripts.dkim_keys_delete(),
+             "dkim-config": remote_scripts.dkim_config(fleet)}
+    for host in fleet.hosts:
+        steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
+        steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
+        for instance in host.instances:
+            steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
+            steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)
+            steps[f"{host.name}-{instance.name}-config"] = remote_scripts.instance_config(fleet, instance)
+            steps[f"{host.name}-{instance.name}-delete"] = remote_scripts.instance_delete(instance)
+    return steps
