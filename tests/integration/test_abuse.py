@@ -13,7 +13,7 @@ import time
 import pytest
 
 from integration.test_receiver import RELAY_CLIENT, config_for, deploy
-from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +22,9 @@ figures: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def host():
-    test_host = TestHost(ips=[INSTANCE["ip"], RELAY_CLIENT])
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    yield test_host
-    test_host.stop()
+def host(suite):
+    with booted(ips=[INSTANCE["ip"], RELAY_CLIENT], suite=suite) as test_host:
+        yield test_host
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 
 from harness import run_program
 from integration.real_mocks import RealMocks, plain
-from integration.testhost import SUITES, OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import OUTSIDE_CLIENT_IP, SUITES, TestHost, booted
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +90,9 @@ def step_output(mocks: RealMocks) -> str:
 @pytest.fixture(scope="module")
 def host(suite):
     started = time.monotonic()
-    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite)
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    figures[f"{SUITES[suite]} host start s"] = round(time.monotonic() - started, 1)
-    yield test_host
-    test_host.stop()
+    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite) as test_host:
+        figures[f"{SUITES[suite]} host start s"] = round(time.monotonic() - started, 1)
+        yield test_host
     figures[f"{SUITES[suite]} suite s"] = round(time.monotonic() - started, 1)
 
 

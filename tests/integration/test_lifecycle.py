@@ -18,7 +18,7 @@ from harness import run_program
 from integration.test_apply import (DOMAINS, INSTANCES, RELAY_CLIENT, STATE, StatefulMocks, apply, config_for,
                                     file_states, listeners, master_pid, message, service_pids, step_output,
                                     verify_dkim, wait_for)
-from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,9 @@ ABSENT_IP = "127.0.0.51"  # never on the host
 
 
 @pytest.fixture(scope="module")
-def host():
-    test_host = TestHost(ips=[FIRST["ip"], SECOND["ip"], MOVED_IP, RELAY_CLIENT])
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    yield test_host
-    test_host.stop()
+def host(suite):
+    with booted(ips=[FIRST["ip"], SECOND["ip"], MOVED_IP, RELAY_CLIENT], suite=suite) as test_host:
+        yield test_host
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,7 @@ def test_submission_ports_refuse_a_client_outside_relay_networks(host, fleet):
 def test_preflight_refuses_an_ip_that_is_not_on_the_host(host, fleet):
     files, pids = file_states(host), service_pids(host)
     extra = {"name": "postfix-51", "ip": ABSENT_IP, "hostname": "s51.mail.example.com"}
-    mocks = StatefulMocks(host.connect, STATE)
+    mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
     with pytest.raises(Exception) as error:
         run_program(config_for(host, instances=[*fleet["instances"], extra]), mocks,
                     secret_keys=["mailfleet:sshPrivateKey"], stack="integration")

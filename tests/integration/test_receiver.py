@@ -28,7 +28,7 @@ import spf
 
 from harness import run_program
 from integration.real_mocks import RealMocks, plain
-from integration.testhost import TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import TestHost, booted
 
 pytestmark = pytest.mark.integration
 
@@ -198,14 +198,9 @@ figures: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def host():
-    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT, INTERNAL_HOP[1]])
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    yield test_host
-    test_host.stop()
+def host(suite):
+    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT, INTERNAL_HOP[1]], suite=suite) as test_host:
+        yield test_host
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from harness import run_program
 from integration.test_apply import INSTANCES as ALL_INSTANCES
 from integration.test_apply import RELAY_CLIENT, StatefulMocks, config_for, file_states, listeners, master_pid, step_output
-from integration.testhost import TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import TestHost, booted
 from mailfleet import render
 
 pytestmark = pytest.mark.integration
@@ -36,13 +36,8 @@ HOLD_DPKG_LOCK = (
 
 @pytest.fixture(scope="module")
 def host(suite):
-    test_host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite)
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    yield test_host
-    test_host.stop()
+    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite) as test_host:
+        yield test_host
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ message it receives as JSON (`sink_messages()`).
 """
 
 import atexit
+import contextlib
 import ctypes
 import fcntl
 import io
@@ -431,3 +432,18 @@ class TestHost:
     def console_log(self):
         """The container's console output (boot and shutdown messages)."""
         return (self.workdir / "console.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def booted(ips, suite=SUITE):
+    """A started TestHost for a test module, stopped afterwards; a machine that cannot provide
+    one skips the module (a failure under CI)."""
+    host = TestHost(ips=ips, suite=suite)
+    try:
+        host.start()
+    except TestHostUnavailable as error:
+        skip_or_fail(f"no test host: {error}")
+    try:
+        yield host
+    finally:
+        host.stop()
