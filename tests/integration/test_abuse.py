@@ -6,13 +6,14 @@ Its own test host, deployed like test_receiver.py (one instance is enough here).
 
 from __future__ import annotations
 
+import email
 import smtplib
 import ssl
 import time
 
 import pytest
 
-from integration.test_receiver import RELAY_CLIENT, config_for, deploy
+from integration.test_receiver import RELAY_CLIENT, config_for, deploy, wait_for
 from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -121,6 +122,42 @@ def test_submission_ports_refuse_tls_below_1_2(host, deployed):
     # shows that the refusal on 587/465 is the configuration's, not the client's or OpenSSL's.
     # Shown, not asserted: another host's OpenSSL may refuse TLS 1.1 everywhere.
     figures["TLS 1.1 on port 25"] = handshake(host, 25, ssl.TLSVersion.TLSv1_1) or "refused"
+
+
+def test_a_message_cannot_smuggle_a_second_one_behind_a_bare_newline(host, deployed):
+    """SMTP smuggling: a bare <LF>.<LF> that one server takes for the end of DATA hides a second
+    message, with its own MAIL FROM, inside the first. smtpd_forbid_bare_newline (where the host's
+    Postfix knows it; Debian 12 and 13 both do), with no exemption for the relay networks, requires
+    <CR><LF>.<CR><LF>: the second message stays text in the first."""
+    assert host.run("postconf -c /etc/postfix-43 -h smtpd_forbid_bare_newline")[1].strip() == "yes"
+    host.clear_sink()
+    with host.smtp(INSTANCE["ip"], source=RELAY_CLIENT) as client:
+        client.ehlo("app7.corp.internal")
+        assert client.mail("news@example.com")[0] == 250
+        assert client.rcpt("someone@example.org")[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        # smtplib's data() would turn every bare LF into CRLF: send the bytes as they are.
+        client.send(b"From: news@example.com\r\nTo: someone@example.org\r\nSubject: carrier\r\n\r\n"
+                    b"body\n.\nMAIL FROM:<news@example.com>\r\nRCPT TO:<victim@example.org>\r\n"
+                    b"DATA\r\nFrom: news@example.com\r\nSubject: smuggled\r\n\r\nhidden\r\n.\r\n")
+        code, reply = client.getreply()
+        assert code == 250, (code, reply)
+    carrier = wait_for(host, "carrier")
+    assert "hidden" in carrier["data"]
+    time.sleep(3)  # a smuggled message would have been queued at once and delivered by now
+    delivered = host.sink_messages()
+    assert [email.message_from_string(m["data"])["Subject"] for m in delivered] == ["carrier"]
+    assert [m["rcpt_tos"] for m in delivered] == [["someone@example.org"]]
+
+
+def test_an_instance_never_sends_from_another_address(host, deployed):
+    """smtp_bind_address_enforce (where the host's Postfix knows it): if the instance's address
+    were gone, Postfix would defer rather than send from whatever address the kernel picks under
+    this instance's HELO. Shown as the effective setting: Postfix's own tools refuse to run once
+    an inet_interfaces address is missing, so the situation cannot be staged on the host."""
+    for name in ("smtp_bind_address_enforce", "smtp_bind_address"):
+        value = host.run(f"postconf -c /etc/postfix-43 -h {name}")[1].strip()
+        assert value == {"smtp_bind_address_enforce": "yes", "smtp_bind_address": INSTANCE["ip"]}[name], name
 
 
 def test_print_figures(deployed):
