@@ -48,6 +48,9 @@ class Pulumi:
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
             "PULUMI_HOME": str(home),  # no plugin or credential of this machine's user
+            # The toolchain's language host (sdk v3.79.0) ignores Pulumi.yaml's `virtualenv`: it
+            # runs the program and the policy pack with this python (README, "Toolchain").
+            "PULUMI_PYTHON_CMD": str(REPO / "venv/bin/python"),
             "PULUMI_BACKEND_URL": f"file://{state}",
             "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
             "PULUMI_SKIP_UPDATE_CHECK": "true",
@@ -296,7 +299,11 @@ def test_policy_pack_blocks_a_milter_default_action_accept(pulumi):
                                                      "milter_default_action = accept"))
     bad("stack", "init", "policy", "--secrets-provider", "passphrase", stack="policy")
     bad.write_config(fleet_config(), stack="policy", secrets={"mailfleet:sshPrivateKey": TestHost().ssh_private_key})
-    result = bad("preview", "--policy-pack", "policy", stack="policy", check=False)
+    # The toolchain's language host cannot start a policy pack for this CLI: the toolchain's
+    # launcher, linked into the pack, starts it as an analyzer plugin (README, "Toolchain").
+    launcher = bad.project / "policy" / "pulumi-policy-pack-python"
+    launcher.symlink_to(Path(bad.env["PATH"].split(":")[0]) / "pulumi-policy-pack-python")
+    result = bad("preview", "--policy-pack", str(launcher.relative_to(bad.project)), stack="policy", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "milter-never-accept" in output and "sets milter_default_action = accept" in output, output

@@ -1,6 +1,6 @@
-"""The provider gRPC protocol for the stand-in plugins (pulumi-resource-tls, pulumi-resource-vsphere).
+"""The provider gRPC protocol for the stand-in plugins (pulumi-resource-command, -tls, -vsphere).
 
-The real pulumi-tls and pulumi-vsphere are Terraform-bridged Go programs whose modules the Go module
+The real pulumi-command, pulumi-tls and pulumi-vsphere are Go programs whose modules the Go module
 proxy does not serve, so these stand-ins answer the same protocol for exactly the resources and
 functions mailfleet uses. They are NOT the real providers (README, "Toolchain").
 
@@ -10,6 +10,7 @@ Every input change replaces the resource, as for the real tls resources (all For
 
 from __future__ import annotations
 
+import json
 import sys
 from concurrent import futures
 from typing import Any, Callable
@@ -90,7 +91,9 @@ class Servicer(provider_pb2_grpc.ResourceProviderServicer):
         return plugin_pb2.PluginInfo(version=self.version)
 
     def GetSchema(self, request, context):
-        return provider_pb2.GetSchemaResponse(schema='{"name": "%s", "version": "%s"}' % (self.name, self.version))
+        return provider_pb2.GetSchemaResponse(schema=json.dumps({
+            "name": self.name, "version": self.version,
+            "description": f"mailfleet's stand-in for pulumi-resource-{self.name}, not the real provider"}))
 
     def CheckConfig(self, request, context):
         return provider_pb2.CheckResponse(inputs=request.news)
