@@ -17,7 +17,7 @@ from pulumi.runtime.sync_await import _ensure_event_loop
 from harness import run_program
 from integration.test_apply import (DOMAINS, INSTANCES, RELAY_CLIENT, STATE, StatefulMocks, apply, config_for,
                                     file_states, listeners, master_pid, message, service_pids, step_output,
-                                    verify_dkim, wait_for)
+                                    unit, verify_dkim, wait_for)
 from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def test_a_new_address_restarts_the_instance_onto_it(host, fleet):
     moved = [dict(FIRST), {**SECOND, "ip": MOVED_IP}]
     _, mocks, _ = apply(host, config_for(host, instances=moved))
     fleet["instances"] = moved
-    assert f"restarted postfix@{SECOND['name']}" in step_output(mocks)
+    assert f"restarted {unit(host, SECOND['name'])}" in step_output(mocks)
     new_pid = master_pid(host, SECOND["name"])
     assert new_pid != pids[SECOND["name"]]  # a reload keeps the master and its old sockets
     assert master_pid(host, FIRST["name"]) == pids[FIRST["name"]]
@@ -157,7 +157,7 @@ def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains
         assert queued(host, name) == 1
         rc, out, err = fleet["mocks"].run_remote(retire["connection"], retire["delete"])
         assert rc != 0 and f"instance {name} still holds 1 message(s)" in err, (rc, out, err)
-        assert host.run(f"systemctl is-active postfix@{name}")[1].strip() == "active"
+        assert host.run(f"systemctl is-active {unit(host, name)}")[1].strip() == "active"
         assert f"{MOVED_IP}:25" in listeners(host)
         assert f"/etc/{name}" in host.run("postconf -h multi_instance_directories")[1]
         assert queued(host, name) == 1
