@@ -37,6 +37,7 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "publish_dns.py"
 REPO = TOOL.parent.parent
 sys.path.insert(0, str(TOOL.parent))
 import publish_dns  # noqa: E402
+from integration.dnsserver import ZoneAnswers  # noqa: E402
 
 SERVER_ADDRESS = "127.0.0.153"  # 127.0.0.53 is systemd-resolved's on many machines
 
@@ -300,40 +301,12 @@ def test_confirm_reverse_needs_both_directions():
 
 # ---- check against a real DNS server -------------------------------------------------------
 
-class _ZoneAnswers:
-    """Authoritative answers from zone text; NXDOMAIN for names it does not hold."""
-
-    def __init__(self, zone_text: str):
-        self.zone = dns.zone.from_text(zone_text, origin=dns.name.root, relativize=False, check_origin=False)
-
-    def respond(self, wire: bytes, max_size: int | None) -> bytes:
-        query = dns.message.from_wire(wire)
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
-        question = query.question[0]
-        node = self.zone.get_node(question.name)
-        if node is None:
-            response.set_rcode(dns.rcode.NXDOMAIN)
-        else:
-            rdataset = node.get_rdataset(question.rdclass, question.rdtype)
-            if rdataset is not None:
-                response.answer.append(dns.rrset.from_rdata_list(question.name, rdataset.ttl, list(rdataset)))
-        if max_size is None:
-            return response.to_wire()
-        if query.edns >= 0:
-            max_size = max(max_size, query.payload)
-        try:
-            return response.to_wire(max_size=max_size)
-        except dns.exception.TooBig:  # too big for UDP: say so, the client retries over TCP
-            response.answer = []
-            response.flags |= dns.flags.TC
-            return response.to_wire()
 
 
 @contextlib.contextmanager
 def dns_server(zone_lines: list[str]):
     """Serve the zone lines over UDP and TCP on SERVER_ADDRESS; yields the port."""
-    answers = _ZoneAnswers("\n".join(zone_lines))
+    answers = ZoneAnswers("\n".join(zone_lines))
 
     class UdpHandler(socketserver.BaseRequestHandler):
         def handle(self):
@@ -482,7 +455,7 @@ def dns_server_without_edns(zone_lines: list[str]):
     """Like dns_server, but as a server that knows no EDNS: over UDP an answer is cut at 512 bytes
     whatever size the client offers, and comes back empty with TC set. Yields the port and the
     names asked over TCP."""
-    answers = _ZoneAnswers("\n".join(zone_lines))
+    answers = ZoneAnswers("\n".join(zone_lines))
     asked_over_tcp: list[str] = []
 
     class UdpHandler(socketserver.BaseRequestHandler):

@@ -269,8 +269,9 @@ def test_stack_export_holds_no_private_key_in_plaintext(host, pulumi, deployed):
     assert not PRIVATE_KEY.search(exported)
     ssh_key_body = "".join(host.ssh_private_key.splitlines()[1:-1])
     assert ssh_key_body[:60] not in exported.replace("\\n", "")
-    dkim_pems = re.findall(r"-----BEGIN RSA PRIVATE KEY-----(?:\\n)?(.{60})", revealed)
-    assert dkim_pems and not any(body in exported for body in dkim_pems)
+    # The first 60 characters of every private key's body (DKIM, TLS, SSH) in the revealed state.
+    bodies = re.findall(PRIVATE_KEY.pattern + r"(?:\\n)?(.{60})", revealed)
+    assert bodies and not any(body in exported for body in bodies)
 
 
 # ---- 7. destroy ----
