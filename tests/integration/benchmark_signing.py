@@ -7,14 +7,21 @@ at Postfix's own `smtp-sink` inside the host and drives one instance with Postfi
 restored afterwards). Queues are drained between runs. Every message of a signed run must
 reach the sink with a DKIM-Signature, and a sample must verify against the stack's dkimRecords.
 
-Prints figures only; it asserts no time. Run: scripts/benchmark-signing [--rounds N]
+With --signers, the same host and runs measure other signers in OpenDKIM's place, on its socket
+and with the tables mailfleet rendered: `mailfleet-signer` (signer/, the candidate replacement, built
+here) and `noop-milter` (tests/integration/noop_milter.c, which signs nothing: the cost of the milter
+protocol alone, the floor under any milter signer). The summary puts them side by side.
+
+Prints figures only; it asserts no time. Run: scripts/benchmark-signing [--rounds N] [--signers ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,13 +30,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, as py
 
 from integration.test_apply import (INSTANCES, RELAY_CLIENT, apply, config_for,  # noqa: E402
                                     verify_dkim)
-from integration.testhost import TestHost  # noqa: E402
+from integration.testhost import SUITE, SUITES, TestHost  # noqa: E402
+from mailfleet.render import ED25519_SIGNER, RSA_SIGNER  # noqa: E402
 
 INSTANCE = INSTANCES[0]
 SINK_PORT = 2526  # smtp-sink inside the host; the aiosmtpd sink of the tests keeps 2525
 SINK_DIR = "/var/tmp/bench-sink"
 SIZE = 8192
 SENDER, RECIPIENT = "news@example.com", "someone@example.org"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build"
+SIGNERS = ("opendkim", "mailfleet-signer", "noop-milter")
+BENCH_UNIT = "bench-signer"  # the transient unit a signer other than OpenDKIM runs as
+
+
+def build(signer: str) -> Path:
+    """Build a signer other than OpenDKIM here (Go from the module proxy; libmilter from Debian)."""
+    BUILD.mkdir(exist_ok=True)
+    binary = BUILD / signer
+    if signer == "mailfleet-signer":
+        subprocess.run(["go", "build", "-o", binary, "."], cwd=ROOT / "signer", check=True)
+    else:
+        if not Path("/usr/include/libmilter/mfapi.h").exists():
+            subprocess.run(["apt-get", "install", "-y", "-q", "libmilter-dev"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, Path(__file__).with_name("noop_milter.c"), "-lmilter"],
+                       check=True)
+    return binary
 
 
 class Bench:
@@ -37,6 +63,31 @@ class Bench:
         self.host, self.dkim_records = host, dkim_records
         self.conf = f"/etc/{INSTANCE['name']}"
         self.queue = f"/var/spool/{INSTANCE['name']}"
+        self.unit = RSA_SIGNER.unit
+
+    def use_signer(self, signer: str, binary: Path | None):
+        """Put `signer` on OpenDKIM's socket: the instance's milter settings stay as applied."""
+        self.sh(f"systemctl stop {BENCH_UNIT} 2>/dev/null; true")
+        units = f"{RSA_SIGNER.unit} $(systemctl is-enabled -q {ED25519_SIGNER.unit} 2>/dev/null && echo {ED25519_SIGNER.unit})"
+        if signer == "opendkim":
+            self.sh(f"systemctl start {units}")
+            self.unit = RSA_SIGNER.unit
+            return
+        self.sh(f"systemctl stop {units}")
+        shutil.copy(binary, self.host.rootfs / "usr/local/sbin" / signer)
+        if signer == "mailfleet-signer":
+            tables = f"-tables {RSA_SIGNER.tables}" + (f" -tables {ED25519_SIGNER.tables}"
+                                                       if self.sh(f"test -e {ED25519_SIGNER.tables}/KeyTable && echo yes || true").strip() else "")
+            command = f"/usr/local/sbin/{signer} {tables} -socket {RSA_SIGNER.socket}"
+        else:
+            command = f"/usr/local/sbin/{signer} {RSA_SIGNER.socket} noreply"
+        # As root: the tables are root's (OpenDKIM reads them before it drops to its user). Group
+        # postfix (as the setgid socket directory gives) and umask 007: Postfix, and only Postfix, connects.
+        self.sh(f"systemd-run --unit={BENCH_UNIT} -p Group=postfix -p UMask=0007 {command}; "
+                f"for i in $(seq 50); do [ -S {RSA_SIGNER.socket} ] && break; sleep 0.1; done")
+        if self.host.run(f"systemctl is-active -q {BENCH_UNIT}", check=False)[0] != 0:
+            raise RuntimeError(f"{signer} did not start:\n" + self.sh(f"journalctl -o cat -u {BENCH_UNIT} | tail -20"))
+        self.unit = BENCH_UNIT
 
     def sh(self, command: str, timeout: float = 600) -> str:
         return self.host.run(command, timeout=timeout)[1]
@@ -53,7 +104,7 @@ class Bench:
 
     def signer_cpu_ms(self) -> float:
         """utime+stime of the signer's main process (all its threads), in ms."""
-        pid = self.sh("systemctl show -p MainPID --value opendkim").strip()
+        pid = self.sh(f"systemctl show -p MainPID --value {self.unit}").strip()
         fields = self.sh(f"cat /proc/{pid}/stat").rsplit(")", 1)[1].split()
         ticks = int(self.sh("getconf CLK_TCK"))
         return (int(fields[11]) + int(fields[12])) * 1000 / ticks
@@ -87,7 +138,9 @@ class Bench:
         self.sh(f"postfix -c {self.conf} reload >/dev/null 2>&1")
         time.sleep(2)  # new smtpd processes pick up the change
 
-    def run(self, sessions: int, messages: int, signed: bool) -> dict:
+    def run(self, sessions: int, messages: int, signed: bool, signs: bool = True) -> dict:
+        """`signed`: through the instance's milters (else with them off); `signs`: the milter there
+        signs (every message must then arrive signed), or is the no-op one."""
         self.sh(f"find {SINK_DIR} -type f -delete")
         cpu = self.signer_cpu_ms()
         started = time.monotonic()
@@ -102,7 +155,7 @@ class Bench:
                   "ms": seconds * 1000 / messages, "signer_cpu_ms": cpu / messages,
                   "wall_s": time.monotonic() - started}
         delivered, with_signature = self.sink_count(), self.sink_count("DKIM-Signature:")
-        if signed:
+        if signed and signs:
             if with_signature != messages or delivered != messages:
                 raise RuntimeError(f"signed run: {delivered} delivered, {with_signature} signed, of {messages}")
             for name in self.sh(f"find {SINK_DIR} -type f | head -3").split():
@@ -110,7 +163,7 @@ class Bench:
                 if not verify_dkim(data, self.dkim_records):
                     raise RuntimeError(f"signature does not verify: {name}")
         elif with_signature:
-            raise RuntimeError(f"milters-off run: {with_signature} signed messages")
+            raise RuntimeError(f"unsigned run: {with_signature} signed messages")
         return result
 
 
@@ -119,32 +172,31 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternations of off/on per figure")
     parser.add_argument("--messages", type=int, default=2000, help="messages per 10-session run")
     parser.add_argument("--single", type=int, default=500, help="messages per 1-session run")
+    parser.add_argument("--signers", default="opendkim",
+                        help=f"comma-separated, measured in this order: {', '.join(SIGNERS)}")
+    parser.add_argument("--suite", default=SUITE, choices=SUITES, help="the test host's Debian release")
     parser.add_argument("--keep", metavar="FILE", help="then leave the host up until FILE is removed")
     args = parser.parse_args()
+    signers = args.signers.split(",")
+    if unknown := set(signers) - set(SIGNERS):
+        parser.error(f"--signers: unknown {', '.join(sorted(unknown))}; known: {', '.join(SIGNERS)}")
 
-    host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT])
+    binaries = {signer: build(signer) for signer in signers if signer != "opendkim"}
+
+    host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=args.suite)
     host.start()
     try:
         run, _, seconds = apply(host, config_for(host, **{"mailfleet:relayhost": f"[127.0.0.1]:{SINK_PORT}"}))
-        print(f"applied in {seconds:.1f} s; load: {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"{args.suite}: applied in {seconds:.1f} s; load: {os.getloadavg()[0]:.2f}", flush=True)
         bench = Bench(host, run.outputs["dkimRecords"])
         bench.start_sink()
-        bench.run(1, 20, signed=True)  # warm-up: first connections, caches
-        results = []
-        for _ in range(args.rounds):
-            for sessions, messages in ((10, args.messages), (1, args.single)):
-                bench.set_milters(False)
-                try:
-                    results.append(bench.run(sessions, messages, signed=False))
-                finally:
-                    bench.set_milters(True)
-                results.append(bench.run(sessions, messages, signed=True))
-                print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in results[-2].items()), flush=True)
-                print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in results[-1].items()), flush=True)
-        if results:
-            report(results)
+        summary = {signer: measure(bench, signer, binaries.get(signer), args) for signer in signers}
+        if len(summary) > 1:
+            print(f"\nsigners side by side (medians of paired runs, {args.rounds} round(s)):")
+            print("| signer | 10 sessions vs milters off | 1 session, added | signer CPU a message |")
+            print("|---|---|---|---|")
+            for signer, (ratio, added, cpu) in summary.items():
+                print(f"| {signer} | {ratio:.2f}x | +{added:.1f} ms | {cpu:.2f} ms |")
         if args.keep:
             Path(args.keep).touch()
             print(f"host up (netns {host.netns}, container leader under nspawn pid {host._nspawn.pid}); "
@@ -156,7 +208,26 @@ def main():
         host.stop()
 
 
-def report(results: list[dict]):
+def measure(bench: Bench, signer: str, binary: Path | None, args) -> tuple[float, float, float]:
+    bench.use_signer(signer, binary)
+    signs = signer != "noop-milter"
+    bench.run(1, 20, signed=True, signs=signs)  # warm-up: first connections, caches
+    results = []
+    for _ in range(args.rounds):
+        for sessions, messages in ((10, args.messages), (1, args.single)):
+            bench.set_milters(False)
+            try:
+                results.append(bench.run(sessions, messages, signed=False))
+            finally:
+                bench.set_milters(True)
+            results.append(bench.run(sessions, messages, signed=True, signs=signs))
+            for result in results[-2:]:
+                print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in result.items()), flush=True)
+    return report(signer, results, signs)
+
+
+def report(signer: str, results: list[dict], signs: bool) -> tuple[float, float, float]:
     """Each signed run is paired with the milters-off run just before it: on a shared machine the
     load moves both alike, so the per-pair ratio and difference are steadier than either figure."""
     def pairs(sessions):
@@ -166,15 +237,17 @@ def report(results: list[dict]):
     added = statistics.median(on["ms"] - off["ms"] for off, on in pairs(1))
     def median(sessions, signed, key):
         return statistics.median(r[key] for r in results if r["sessions"] == sessions and r["signed"] == signed)
-    print(f"\nsigning benchmark ({SIZE // 1024} KB, instance {INSTANCE['name']}, "
+    print(f"\nsigning benchmark: {signer} ({SIZE // 1024} KB, instance {INSTANCE['name']}, "
           f"medians of {len(pairs(10))} round(s), load {os.getloadavg()[0]:.2f}):")
     print("| | signing | milters off | signing vs off (median of paired runs) |")
     print("|---|---|---|---|")
     print(f"| 10 sessions msgs/s | {median(10, True, 'rate'):.0f} | {median(10, False, 'rate'):.0f} | {ratio:.2f}x |")
     print(f"| 1 session ms a message | {median(1, True, 'ms'):.2f} | {median(1, False, 'ms'):.2f} | +{added:.1f} ms |")
-    print(f"signer CPU a message: {median(10, True, 'signer_cpu_ms'):.2f} ms (10 sessions), "
-          f"{median(1, True, 'signer_cpu_ms'):.2f} ms (1 session); every message of the signed runs "
-          "carried a DKIM-Signature, a sample verified")
+    cpu = median(10, True, 'signer_cpu_ms')
+    print(f"signer CPU a message: {cpu:.2f} ms (10 sessions), {median(1, True, 'signer_cpu_ms'):.2f} ms "
+          "(1 session); " + ("every message of the signed runs carried a DKIM-Signature, a sample verified"
+                             if signs else "no message was signed (the no-op milter)"), flush=True)
+    return ratio, added, cpu
 
 
 if __name__ == "__main__":
