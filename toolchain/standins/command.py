@@ -1,4 +1,5 @@
-"""Stand-in for pulumi-resource-command 1.2.1: `command:remote:Command` over real SSH (paramiko).
+"""Stand-in for pulumi-resource-command 1.2.1: `command:remote:Command` and `command:remote:CopyToRemote`
+over real SSH (paramiko).
 
 The Go module proxy refuses github.com/pulumi/pulumi-command/provider at every version, so the real
 provider cannot be built here (toolchain/SOURCES.md). This stand-in does what mailfleet relies on,
@@ -15,14 +16,30 @@ with pulumi-command's documented behaviour. It is NOT the real provider (README,
   stderr go as PULUMI_COMMAND_STDOUT/STDERR, and a refusal of those only warns;
 - a failed command fails the step with `Process exited with status N: running "...":` and its output;
 - the output is logged to the engine against the resource, as `logging` says (default both).
-CopyToRemote and local:Command are not implemented (mailfleet does not use them).
+CopyToRemote (pulumi-command's remote/copy.go and copyController.go at v1.2.1):
+- inputs: connection, source, remotePath, triggers; outputs: the inputs echoed, `connection` secret;
+- source: a FileAsset, a StringAsset or a FileArchive (a path); Check refuses any other, and an
+  unknown source too (as 1.2.1 does: fixed after it, pulumi-command#1184); a relative path is the
+  program directory's (the engine starts the plugin there);
+- diff: a change of `triggers` replaces, any other changed input updates; an asset or archive
+  compares by the hash the engine computed (sha256 of the content), not by its path;
+- create uploads over SFTP; update uploads again only when the source's hash or remotePath changed
+  (a changed connection alone uploads nothing); delete does nothing: the remote file stays;
+- upload: a file into an existing directory lands inside it under its own name, else at remotePath
+  (an existing file is overwritten, missing parents created); a directory `d` goes to remotePath/d,
+  `d/` (trailing slash) into remotePath; a StringAsset needs a file path. The mode is not carried
+  over: a new file gets sftp-server's default (0666 less the umask), an overwritten one keeps its own.
+local:Command and CopyFile are not implemented (mailfleet does not use them).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import posixpath
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -37,7 +54,7 @@ from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2
 import standin
 
 VERSION = "1.2.1"  # the version the pulumi-command Python package asks the engine for
-TYPE = "command:remote:Command"
+COMMAND, COPY = "command:remote:Command", "command:remote:CopyToRemote"
 CONNECTION_DEFAULTS = {"user": "root", "port": 22, "dialErrorLimit": 10, "perDialTimeout": 15}
 OUTPUTS = ("stdout", "stderr")
 
@@ -163,6 +180,114 @@ def run(state: dict, command: str, log) -> dict:
     return {"stdout": stdout.removesuffix("\n"), "stderr": err.removesuffix("\n")}
 
 
+# ---- CopyToRemote ----
+
+def source_problem(source) -> str | None:
+    """Why pulumi-command 1.2.1's Check refuses this `source` (its reasons), or None."""
+    if isinstance(source, dict) and source.get(standin.SIG) == standin.ASSET_SIG:
+        return None if "path" in source or "text" in source else \
+            "asset must be a path-based file asset or a text asset"
+    if isinstance(source, dict) and source.get(standin.SIG) == standin.ARCHIVE_SIG:
+        return None if "path" in source else "archive must be a path to a file or directory"
+    return "either asset or archive must be set"
+
+
+def _by_hash(value):
+    """The value with each asset or archive reduced to its hash, which is how the engine compares them."""
+    if isinstance(value, dict):
+        if value.get(standin.SIG) in (standin.ASSET_SIG, standin.ARCHIVE_SIG):
+            return ("asset or archive", value.get("hash"))
+        return {k: _by_hash(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_hash(v) for v in value]
+    return value
+
+
+def _remote_stat(sftp: paramiko.SFTPClient, path: str):
+    """The remote path's attributes, or None when it does not exist."""
+    try:
+        return sftp.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _is_dir(attributes) -> bool:
+    return attributes is not None and stat.S_ISDIR(attributes.st_mode)
+
+
+def _mkdir_all(sftp: paramiko.SFTPClient, path: str) -> None:
+    attributes = _remote_stat(sftp, path)
+    if attributes is not None:
+        if not _is_dir(attributes):
+            raise CommandFailed(f"remote path {path} exists but is not a directory")
+        return
+    parent = posixpath.dirname(path.rstrip("/"))
+    if parent and parent != path:
+        _mkdir_all(sftp, parent)
+    sftp.mkdir(path)
+
+
+def _parents(sftp: paramiko.SFTPClient, path: str) -> None:
+    try:
+        _mkdir_all(sftp, posixpath.dirname(path) or ".")
+    except (CommandFailed, OSError) as error:
+        raise CommandFailed(f"failed to create parent directories for {path}: {error}") from None
+
+
+def _copy_file(sftp: paramiko.SFTPClient, local: str, remote: str) -> None:
+    """One file's bytes; a new remote file gets the server's default mode (no chmod, as Go's sftp.Create)."""
+    try:
+        with open(local, "rb") as source:
+            sftp.putfo(source, remote, confirm=True)
+    except OSError as error:
+        raise CommandFailed(f"failed to copy file {local} to remote path {remote}: {error}") from None
+
+
+def _copy_dir(sftp: paramiko.SFTPClient, local: str, remote: str) -> None:
+    for directory, _, files in os.walk(local):
+        relative = os.path.relpath(directory, local)
+        target = remote if relative == "." else posixpath.join(remote, relative)
+        attributes = _remote_stat(sftp, target)
+        if attributes is None:
+            sftp.mkdir(target)
+        elif not _is_dir(attributes):
+            raise CommandFailed(f"remote path {target} exists but is not a directory")
+        for name in sorted(files):
+            _copy_file(sftp, os.path.join(directory, name), posixpath.join(target, name))
+
+
+def copy(state: dict) -> None:
+    """Upload `source` to `remotePath` over SFTP, as pulumi-command 1.2.1's copyToRemote does."""
+    source, dest = state["source"], state["remotePath"]
+    with dial(state["connection"]) as client, client.open_sftp() as sftp:
+        attributes = _remote_stat(sftp, dest)
+        if "text" in source:  # a StringAsset
+            if _is_dir(attributes):
+                raise CommandFailed(f"remote path {dest} is a directory; when using a text asset, "
+                                    "remotePath must be a file path")
+            _parents(sftp, dest)
+            with sftp.open(dest, "wb") as remote:
+                remote.write(source["text"].encode())
+        elif os.path.isdir(source["path"]):  # a FileArchive of a directory
+            local = source["path"]
+            if attributes is None:
+                _mkdir_all(sftp, dest)
+            if not local.endswith("/"):  # `d` goes to dest/d, `d/` into dest
+                dest = posixpath.join(dest, os.path.basename(local))
+                inner = _remote_stat(sftp, dest)
+                if inner is not None and not _is_dir(inner):
+                    raise CommandFailed(f"remote path {dest} exists but is not a directory")
+                if inner is None:
+                    sftp.mkdir(dest)
+            _copy_dir(sftp, local, dest)
+        else:  # a FileAsset, or a FileArchive of a file (copied as it is, not unpacked)
+            if _is_dir(attributes):
+                dest = posixpath.join(dest, os.path.basename(source["path"]))
+            elif attributes is None:
+                _parents(sftp, dest)
+            _copy_file(sftp, source["path"], dest)
+
+
 # ---- the provider ----
 
 class Command(standin.Servicer):
@@ -179,26 +304,32 @@ class Command(standin.Servicer):
                 self.engine.Log(engine_pb2.LogRequest(severity=severity, message=message, urn=urn))
         return log
 
-    def _check_type(self, urn: str, context) -> None:
+    def _type(self, urn: str, context) -> str:
         type_token = urn.split("::")[2].split("$")[-1]
-        if type_token != TYPE:
+        if type_token not in (COMMAND, COPY):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f"stand-in command has no resource {type_token}")
+        return type_token
 
     def Check(self, request, context):
-        self._check_type(request.urn, context)
         news = standin.to_dict(request.news)
         connection = news.get("connection")
         inner = connection["value"] if standin.is_secret(connection) else connection
         if isinstance(inner, dict):  # the defaults, inside any secret wrapper (not into an unknown)
             filled = {**CONNECTION_DEFAULTS, **inner}
             news["connection"] = standin.secret(filled) if standin.is_secret(connection) else filled
-        return provider_pb2.CheckResponse(inputs=standin.to_struct(news))
+        failures = []
+        if self._type(request.urn, context) == COPY:
+            problem = source_problem(standin.plain(news.get("source")))
+            if problem:
+                failures.append(provider_pb2.CheckFailure(property="source", reason=problem))
+        return provider_pb2.CheckResponse(inputs=standin.to_struct(news), failures=failures)
 
     def Diff(self, request, context):
         news = standin.to_dict(request.news)
         olds = standin.to_dict(request.old_inputs) if request.HasField("old_inputs") else standin.to_dict(request.olds)
         keys = (set(news) | set(olds)) - set(OUTPUTS) - set(request.ignoreChanges)
-        changed = sorted(k for k in keys if standin.plain(news.get(k)) != standin.plain(olds.get(k)))
+        changed = sorted(k for k in keys
+                         if _by_hash(standin.plain(news.get(k))) != _by_hash(standin.plain(olds.get(k))))
         if not changed:
             return provider_pb2.DiffResponse(changes=provider_pb2.DiffResponse.DIFF_NONE)
         replaces = [k for k in changed if k == "triggers"]
@@ -230,9 +361,20 @@ class Command(standin.Servicer):
         except (CommandFailed, paramiko.SSHException, OSError) as error:
             context.abort(grpc.StatusCode.UNKNOWN, str(error) or repr(error))
 
+    def _copy(self, state: dict, context) -> None:
+        try:
+            copy(standin.plain(state))
+        except (CommandFailed, paramiko.SSHException, OSError) as error:
+            context.abort(grpc.StatusCode.UNKNOWN, str(error) or repr(error))
+
     def Create(self, request, context):
-        self._check_type(request.urn, context)
         inputs = standin.to_dict(request.properties)
+        if self._type(request.urn, context) == COPY:
+            if request.preview:  # the real provider's preview id is empty too
+                return provider_pb2.CreateResponse(id="", properties=standin.to_struct(self._echo(inputs, {})))
+            self._copy(inputs, context)
+            return provider_pb2.CreateResponse(id=secrets.token_hex(4),
+                                               properties=standin.to_struct(self._echo(inputs, {})))
         resource_id = request.urn.rsplit("::", 1)[1] + secrets.token_hex(4)
         if request.preview:
             return provider_pb2.CreateResponse(id=resource_id, properties=standin.to_struct(
@@ -243,6 +385,12 @@ class Command(standin.Servicer):
 
     def Update(self, request, context):
         news, olds = standin.to_dict(request.news), standin.to_dict(request.olds)
+        if self._type(request.urn, context) == COPY:
+            new, old = standin.plain(news), standin.plain(olds)
+            moved = new["remotePath"] != old.get("remotePath")
+            if not request.preview and (moved or _by_hash(new["source"]) != _by_hash(old.get("source"))):
+                self._copy(news, context)
+            return provider_pb2.UpdateResponse(properties=standin.to_struct(self._echo(news, {})))
         previous = {k: olds.get(k, "") for k in OUTPUTS}
         if request.preview:
             return provider_pb2.UpdateResponse(properties=standin.to_struct(self._echo(news, previous)))
@@ -251,6 +399,8 @@ class Command(standin.Servicer):
         return provider_pb2.UpdateResponse(properties=standin.to_struct(self._echo(news, outputs)))
 
     def Delete(self, request, context):
+        if self._type(request.urn, context) == COPY:
+            return empty_pb2.Empty()  # as pulumi-command: the uploaded file stays on the host
         state = standin.to_dict(request.properties)  # the old inputs and outputs
         self._run(request.urn, state, standin.plain(state.get("delete")), context)
         return empty_pb2.Empty()

@@ -22,6 +22,8 @@ from pulumi.runtime.proto import plugin_pb2, provider_pb2, provider_pb2_grpc
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # the engine's "computed" sentinel
 SIG = "4dabf18193072939515e22adb298388d"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17"  # {SIG: ASSET_SIG, hash, path | text | uri}
+ARCHIVE_SIG = "0def7320c3a5731c473e5ecbe6d01bc7"  # {SIG: ARCHIVE_SIG, hash, path | uri | assets}
 
 
 def is_secret(value: Any) -> bool:
