@@ -2,6 +2,16 @@
 // and SigningTable mailfleet renders for OpenDKIM. It keeps every key parsed, signs RSA through
 // OpenSSL, and asks Postfix for one round trip a message: what OpenDKIM cannot (issue 12, README
 // "Signing speed").
+//
+// Build (from signer/, on any OS; the binary is byte-identical wherever it is built, and its
+// sha256 is what Pulumi state records):
+//
+//	GOTOOLCHAIN=go1.26.8 GOAMD64=v1 CGO_ENABLED=0 GOOS=linux GOARCH=amd64 \
+//	  go build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' -o mailfleet-signer .
+//
+// GOTOOLCHAIN and GOAMD64 pin what a differently set up machine would otherwise change (a newer
+// local Go, a GOAMD64 in the environment). No C compiler: OpenSSL is opened at run time
+// (openssl.go), and the host must have libcrypto.so.3.
 package main
 
 import (
@@ -27,6 +37,9 @@ func main() {
 	flag.Parse()
 	if len(dirs) == 0 || *socket == "" {
 		log.Fatal("usage: mailfleet-signer -tables DIR [-tables DIR] -socket PATH")
+	}
+	if err := loadLibcrypto(); err != nil {
+		log.Fatal(err)
 	}
 	var rules []Rule
 	for _, dir := range dirs {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -238,4 +240,39 @@ func algorithms(signed string) []string {
 		found = append(found, match[1])
 	}
 	return found
+}
+
+func TestMain(m *testing.M) {
+	if err := loadLibcrypto(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func TestAMissingLibcryptoIsNamed(t *testing.T) {
+	err := openLibcrypto("libcrypto.so.0-absent")
+	if err == nil || !strings.Contains(err.Error(), "cannot load libcrypto.so.0-absent (OpenSSL 3") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// BenchmarkRSASign compares one RSA-2048 signature through OpenSSL with one through crypto/rsa:
+// the reason the signer loads libcrypto at all.
+func BenchmarkRSASign(b *testing.B) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	digest := sha256.Sum256([]byte("a message"))
+	openssl, err := newOpenSSLRSA(x509.MarshalPKCS1PrivateKey(key), &key.PublicKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, signer := range map[string]crypto.Signer{"OpenSSL": openssl, "crypto-rsa": key} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
