@@ -364,6 +364,29 @@ func TestProbeFailsOnATempfail(t *testing.T) {
 	}
 }
 
+func TestAnAbortedMessageLeavesNothingInTheNextOne(t *testing.T) {
+	f := start(t)
+	session := f.session(t)
+	// Postfix aborts after the headers (the client sent RSET, a later milter rejected) and goes on
+	// with the next message in the same SMTP session.
+	sendHead(t, session, newsletter("news@example.net"))
+	if err := session.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	next := newsletter("news@example.com")
+	sendHead(t, session, next)
+	signed, action := finish(t, session, next)
+	verifications := f.verify(t, signed)
+	if action != milter.ActAccept || len(verifications) != 2 {
+		t.Fatalf("action %q, %d signatures", action, len(verifications))
+	}
+	for _, v := range verifications {
+		if v.Err != nil || v.Domain != "example.com" {
+			t.Fatalf("d=%s: %v", v.Domain, v.Err)
+		}
+	}
+}
+
 // signerProcess is this test binary run as mailfleet-signer, for what only a process shows:
 // signals, the start-up log.
 type signerProcess struct {
