@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/emersion/go-milter"
 )
@@ -165,10 +166,19 @@ type bufferedConn struct {
 
 func (c bufferedConn) Read(p []byte) (int, error) { return c.reader.Read(p) }
 
+// Accept waits out a failure such as running out of file descriptors: go-milter's Serve returns on
+// any Accept error, which would end the signer and every session in progress with it.
 func (l bufferedListener) Accept() (net.Conn, error) {
-	conn, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		conn, err := l.Listener.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return nil, err
+		}
+		if err != nil {
+			log.Printf("accept: %v; retrying in a second", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		return bufferedConn{conn, bufio.NewReaderSize(conn, 64<<10)}, nil
 	}
-	return bufferedConn{conn, bufio.NewReaderSize(conn, 64<<10)}, nil
 }

@@ -521,6 +521,37 @@ func TestStartupRemovesAStaleSocketButNeverAFile(t *testing.T) {
 	}
 }
 
+// flakyListener fails its first Accept as a process out of file descriptors does.
+type flakyListener struct {
+	net.Listener
+	failed bool
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if !l.failed {
+		l.failed = true
+		return nil, syscall.EMFILE
+	}
+	return l.Listener.Accept()
+}
+
+func TestTheSignerOutlivesAFailedAccept(t *testing.T) {
+	f := writeTables(t)
+	listener, err := listen(f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules atomic.Pointer[[]Rule]
+	loaded, _ := loadAll(f.tables)
+	rules.Store(&loaded)
+	server := newServer(&rules)
+	go server.Serve(bufferedListener{&flakyListener{Listener: listener}})
+	t.Cleanup(func() { server.Close() })
+	if got := f.probe(t, "news@example.net"); got != "d=example.net s=rsa2 a=rsa-sha256\n" {
+		t.Fatalf("probe printed %q", got)
+	}
+}
+
 func TestAMissingLibcryptoIsNamed(t *testing.T) {
 	err := openLibcrypto("libcrypto.so.0-absent")
 	if err == nil || !strings.Contains(err.Error(), "cannot load libcrypto.so.0-absent (OpenSSL 3") {
