@@ -92,7 +92,8 @@ func main() {
 }
 
 // runCheck is -check: the validation step before a reload. It loads exactly what serving loads,
-// RSA keys into OpenSSL included, so a table that passes cannot fail the reload that follows.
+// RSA keys into OpenSSL included, so a table that passes does not fail the reload that follows,
+// as long as it runs as the signer's user (opendkim): a reload reads the keys with its rights.
 func runCheck(stdout, stderr io.Writer, dirs []string) int {
 	err := loadLibcrypto()
 	var rules []Rule

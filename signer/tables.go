@@ -140,7 +140,7 @@ func loadKey(path string) (crypto.Signer, error) {
 	}
 	switch key := key.(type) {
 	case *rsa.PrivateKey:
-		// Go's RSA costs ~1.8 ms a signature here, OpenSSL's ~0.3 ms (scripts/benchmark-signing).
+		// Go's RSA-2048 costs ~1.0 ms a signature here, OpenSSL's ~0.27 ms (BenchmarkRSASign).
 		return newOpenSSLRSA(block.Bytes, &key.PublicKey)
 	case ed25519.PrivateKey:
 		return key, nil
