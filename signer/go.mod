@@ -3,6 +3,7 @@ module mailfleet/signer
 go 1.26.8
 
 require (
+	github.com/ebitengine/purego v0.11.3
 	github.com/emersion/go-milter v0.5.0
 	github.com/emersion/go-msgauth v0.7.0
 )

@@ -108,6 +108,17 @@ func (m *message) Body(modifier *milter.Modifier) (milter.Response, error) {
 	return milter.RespAccept, nil
 }
 
+// Abort ends a message Postfix gave up on (the client sent RSET, a later milter rejected it).
+// go-milter keeps this message for the session's next one, which must not inherit its headers
+// or signers: it would carry a signature over headers it does not have.
+func (m *message) Abort(*milter.Modifier) error {
+	for _, signer := range m.signers {
+		signer.Close()
+	}
+	*m = message{rules: m.rules}
+	return nil
+}
+
 // fail defers the message (Postfix answers 4xx): nothing leaves unsigned, nothing is lost.
 func (m *message) fail(err error) (milter.Response, error) {
 	log.Printf("temporary failure, message deferred: %v", err)
