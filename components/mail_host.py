@@ -16,6 +16,7 @@ from components.vsphere_vm import VsphereVm
 from mailfleet import remote_scripts
 from mailfleet.config import Fleet, Host
 from mailfleet.render import VM_USER
+from mailfleet.signer_build import SignerBinary
 
 
 class MailHost(pulumi.ComponentResource):
@@ -23,7 +24,7 @@ class MailHost(pulumi.ComponentResource):
 
     def __init__(self, host: Host, fleet: Fleet, *, ssh_private_key: pulumi.Output[str],
                  dkim_private_keys: dict[str, pulumi.Output[str]], tls_bundles: dict[str, pulumi.Output[str]],
-                 vm_authorized_keys: pulumi.Input[list[str]] | None = None,
+                 signer_binary: SignerBinary, vm_authorized_keys: pulumi.Input[list[str]] | None = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailfleet:index:MailHost", host.name, None, opts)
         first_steps_after: list[pulumi.Resource] = []
@@ -47,7 +48,7 @@ class MailHost(pulumi.ComponentResource):
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
-        signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, connection, ssh_user,
+        signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, signer_binary, connection, ssh_user,
                             depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
         self.instances = {
             instance.name: PostfixInstance(

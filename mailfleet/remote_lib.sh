@@ -65,9 +65,6 @@ undo_changes() {
     if [ -e "$path.mailfleet-old" ]; then mv -f "$path.mailfleet-old" "$path"; else rm -f "$path"; fi
   done
   changed=()
-# Paths mailfleet has installed: a file not listed here (and without mailfleet's header) was
-# there before, so the first replacement keeps it as PATH.pre-mailfleet.
-managed_list=/var/lib/mailfleet/managed-files
 }
 
 keep_changes() {
@@ -215,36 +212,38 @@ postfix_if_supported() {
   done
 }
 
-# probe_opendkim CONF UNIT...: each OpenDKIM unit runs and listens on the Socket of its CONF (the
-# arguments come in pairs): a unix socket exists, an inet one accepts connections.
-probe_opendkim() {
-  local conf unit socket port host ok
-  while [ $# -ge 2 ]; do
-    conf=$1 unit=$2 ok=no
-    shift 2
-    socket=$(opendkim_socket "$conf")
-    for _ in $(seq 20); do
-      if systemctl is-active -q "$unit"; then
-        case $socket in
-          local:* | unix:*) [ -S "${socket#*:}" ] && ok=yes ;;
-          inet:*)
-            port=${socket#inet:} port=${port%@*} host=${socket##*@}
-            if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then ok=yes; fi ;;
-          *) ok=yes ;;
-        esac
-      fi
-      [ "$ok" = yes ] && break
-      sleep 0.5
-    done
-    if [ "$ok" = no ]; then
-      echo "$unit is $(systemctl is-active "$unit" || true) and does not listen on $socket"
-      return 1
+# probe_signer UNIT BINARY SOCKET [FROM EXPECTED]...: the signer's unit runs and answers a milter
+# conversation on SOCKET, as user postfix (BINARY -probe speaks as Postfix does); for each pair,
+# mail from FROM gets exactly the signatures EXPECTED (the lines of `mailfleet-signer -probe`,
+# joined by ";"). Retries for about ten seconds: a signer that was just started takes a moment to
+# listen, one that was just reloaded to read its tables.
+probe_signer() {
+  local signer=$1 binary=$2 socket=$3 from expected seen='' ok
+  shift 3
+  local -a pairs=("$@")
+  for _ in $(seq 20); do
+    ok=yes
+    if ! systemctl is-active -q "$signer"; then
+      ok=no seen="$signer is $(systemctl is-active "$signer" || true)"
+    elif ! seen=$(runuser -u postfix -- "$binary" -probe -socket "$socket" -from postmaster@localhost 2>&1); then
+      ok=no
+    else
+      set -- "${pairs[@]}"
+      while [ $# -ge 2 ]; do
+        from=$1 expected=$2
+        shift 2
+        seen=$(runuser -u postfix -- "$binary" -probe -socket "$socket" -from "$from" 2>&1 | paste -sd ';' -) || true
+        if [ "$seen" != "$expected" ]; then
+          ok=no seen="mail from $from got [$seen], not [$expected]"
+          break
+        fi
+      done
     fi
+    [ "$ok" = yes ] && return 0
+    sleep 0.5
   done
-}
-
-opendkim_socket() {
-  awk '$1 == "Socket" { print $2 }' "$1" 2>/dev/null || true
+  echo "$signer on $socket: $seen"
+  return 1
 }
 
 instance_exists() {

@@ -87,7 +87,8 @@ def preflight(host: Host) -> str:
 
 
 def packages() -> str:
-    """Install Postfix and OpenDKIM when missing; touch nothing when they are there."""
+    """Install Postfix and OpenDKIM (whose account, key layout and tools the signer uses) when
+    missing; touch nothing when they are there."""
     return _script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
@@ -96,27 +97,37 @@ def default_instance(fleet: Fleet, host: Host) -> str:
     return _script("default_instance", main_cf=render.default_main_cf(fleet, host))
 
 
-# Every signer mailfleet may run, whether or not this configuration needs it.
-_ALL_SIGNERS = (render.RSA_SIGNER, render.ED25519_SIGNER)
+_SIGNER = dict(user=render.SIGNER_USER, unit=render.SIGNER_UNIT, binary=render.SIGNER_BINARY,
+               socket=render.SIGNER_SOCKET, tables=render.SIGNER_TABLES, key_dir=render.DKIM_KEY_DIR)
 
 
 def dkim_keys(private_keys: dict[DkimKey, str]) -> str:
-    """The DKIM private keys, readable by opendkim only; the signers that run re-read them."""
+    """The DKIM private keys, readable by the signer's account only; a running signer re-reads them."""
     keys = {render.dkim_key_file(key): pem for key, pem in private_keys.items()}
-    return _script("dkim_keys", keys=keys, key_dir=render.DKIM_KEY_DIR, signers=_ALL_SIGNERS)
+    return _script("dkim_keys", keys=keys, **_SIGNER)
 
 
 def dkim_keys_delete() -> str:
     """On destroy (after every instance is gone): no private key stays behind, nothing signs."""
-    return _script("dkim_keys_delete", key_dir=render.DKIM_KEY_DIR, signers=_ALL_SIGNERS)
+    return _script("dkim_keys_delete", unit_file=render.SIGNER_UNIT_FILE, socket_dir=render.MILTER_SOCKET_DIR,
+                   **_SIGNER)
 
 
-def dkim_config(fleet: Fleet) -> str:
-    """One OpenDKIM per key algorithm in use (render.Signer), each on its unix socket."""
-    return _script("dkim_config", files=render.opendkim_files(fleet), key_dir=render.DKIM_KEY_DIR,
-                   key_files=[render.dkim_key_file(key) for key in fleet.dkim],
-                   signers=render.signers(fleet), ed=render.ED25519_SIGNER,
-                   ed_unit_file=render.ED25519_UNIT_FILE, socket_dir=render.MILTER_SOCKET_DIR)
+def signer_upload(sha256: str) -> str:
+    """Where CopyToRemote puts the signer binary, relative to the SSH user's home: named by its
+    checksum, so that a new build is a new upload."""
+    return f".mailfleet-signer-{sha256[:16]}"
+
+
+def signer(fleet: Fleet, ssh_user: str, sha256: str) -> str:
+    """The signer: its binary (uploaded), tables and unit; probed for every signing domain; then
+    OpenDKIM, which signed before it, is retired."""
+    probes = [(f"postmaster@{domain}", ";".join(render.expected_signatures(fleet, domain)))
+              for domain in render.signing_domains(fleet)]
+    return _script("signer", files=render.signer_files(fleet), sha256=sha256, ssh_user=ssh_user,
+                   upload=signer_upload(sha256), unit_file=render.SIGNER_UNIT_FILE,
+                   socket_dir=render.MILTER_SOCKET_DIR, probes=probes,
+                   key_files=[render.dkim_key_file(key) for key in fleet.dkim], **_SIGNER)
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:

@@ -1,6 +1,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 # The program's packages (mailfleet/, components/) and the test helpers import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -16,3 +18,10 @@ def pytest_terminal_summary(terminalreporter):
     if engine_suite is not None and engine_suite.figures:
         figures = ", ".join(f"{name} {value:g}" for name, value in engine_suite.figures.items())
         terminalreporter.write_line(f"real engine: {figures}")
+
+
+@pytest.fixture(scope="session")
+def signer_binary() -> str:
+    """mailfleet-signer as the program builds it for the hosts (and runs it here, on this x86-64 Linux)."""
+    from mailfleet.signer_build import PROJECT, build_signer
+    return str(PROJECT / build_signer().path)

@@ -9,7 +9,7 @@ VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGol
 
 
 def rendered_files(fleet: Fleet) -> dict[str, str]:
-    files = dict(render.opendkim_files(fleet))
+    files = dict(render.signer_files(fleet))
     for host in fleet.hosts:
         prefix = f"{host.name}/" if len(fleet.hosts) > 1 else ""
         files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(fleet, host)

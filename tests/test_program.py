@@ -57,7 +57,11 @@ def test_prod_builds_a_vm_and_the_steps_in_order(prod):
     assert "victorpostfix-preflight" in deps(prod, "victorpostfix-packages")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-postfix-default")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-keys")
-    assert "victorpostfix-opendkim-keys" in deps(prod, "victorpostfix-opendkim-config")
+    assert {"victorpostfix-opendkim-keys", "victorpostfix-opendkim-binary"} <= deps(prod, "victorpostfix-opendkim-config")
+    # The signer binary goes up once it is known that the host is one mailfleet can manage.
+    upload = prod.monitor.named("victorpostfix-opendkim-binary")
+    assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-binary")
+    assert upload.inputs["remotePath"].startswith(".mailfleet-signer-")
     for name in ("postfix-43", "postfix-45"):
         assert parent(prod, f"{name}-tls") == parent(prod, f"{name}-config") == name
         assert {"victorpostfix-postfix-default", "victorpostfix-opendkim-config"} <= deps(prod, f"{name}-tls")

@@ -1,4 +1,4 @@
-"""The rendered files pass the real tools: Debian's Postfix and OpenDKIM parse them without a warning."""
+"""The rendered files pass the real tools: Debian's Postfix and mailfleet's signer read them without a warning."""
 
 import re
 import shutil
@@ -11,7 +11,7 @@ from harness import REPO, stack_config
 from mailfleet import render
 from mailfleet.config import parse_config
 from rendered import rendered_files
-from keys import openssh_private_key
+from keys import openssh_private_key, pkcs8_private_key, rsa_private_key
 from skips import skip_or_fail
 
 KEY = openssh_private_key()
@@ -19,8 +19,8 @@ KEY = openssh_private_key()
 
 @pytest.fixture(autouse=True)
 def real_tools():
-    if not (shutil.which("postconf") and shutil.which("opendkim")):
-        skip_or_fail("Debian's postfix and opendkim are not installed (scripts/test installs them)")
+    if not shutil.which("postconf"):
+        skip_or_fail("Debian's postfix is not installed (scripts/test installs it)")
 
 
 IF_SUPPORTED = re.compile(r"^# mailfleet:if-supported (\S+) = (.*)$", re.M)
@@ -42,6 +42,10 @@ def write_stack(stack: str, root: Path, **overrides):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(if_supported(content) if path.endswith("main.cf") else content)
     return fleet
+
+
+def private_key_pem(algorithm: str) -> str:
+    return rsa_private_key() if algorithm == "rsa" else pkcs8_private_key()
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
@@ -95,14 +99,21 @@ def test_postfix_reads_the_instance_tables(tmp_path):
 
 @pytest.mark.parametrize("dkim", [None, '[{"domain": "example.com", "selector": "r"},'
                                         ' {"domain": "example.com", "selector": "e", "algorithm": "ed25519"}]'])
-def test_opendkim_accepts_the_configuration(tmp_path, dkim):
-    files = rendered_files(write_stack("prod", tmp_path, **({"mailfleet:dkim": dkim} if dkim else {})))
-    confs = [path for path in files if path.startswith("etc/opendkim") and path.endswith(".conf")]
-    assert len(confs) == (2 if dkim else 1)
-    for path in confs:
-        conf = (tmp_path / path).read_text().replace("/etc/opendkim/", f"{tmp_path}/etc/opendkim/")
-        (tmp_path / "opendkim.conf").write_text(conf)
-        result = run("opendkim", "-n", "-x", str(tmp_path / "opendkim.conf"))
-        assert result.returncode == 0, result.stderr
-        (tmp_path / "bad.conf").write_text(conf + "Canonicalization sideways\n")
-        assert run("opendkim", "-n", "-x", str(tmp_path / "bad.conf")).returncode != 0
+def test_the_signer_accepts_the_tables(tmp_path, dkim, signer_binary):
+    """`mailfleet-signer -check`, the step's validation, reads the rendered tables and real keys."""
+    fleet = write_stack("prod", tmp_path, **({"mailfleet:dkim": dkim} if dkim else {}))
+    tables = tmp_path / "etc/opendkim"
+    for name in ("KeyTable", "SigningTable"):
+        (tables / name).write_text((tables / name).read_text().replace("/etc/opendkim/", f"{tables}/"))
+    for key in fleet.dkim:
+        path = tmp_path / render.dkim_key_file(key).lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(private_key_pem(key.algorithm))
+    result = run(signer_binary, "-check", "-tables", str(tables))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(
+        f"*@{pattern}{key.domain} d={key.domain} s={key.selector} a={key.algorithm}-sha256"
+        for key in render.signing_keys(fleet) for pattern in ("", "*."))
+    (tables / "SigningTable").write_text("*@example.com no-such-key\n")
+    result = run(signer_binary, "-check", "-tables", str(tables))
+    assert result.returncode != 0 and "SigningTable line 1: key \"no-such-key\" is not in the KeyTable" in result.stderr

@@ -161,8 +161,7 @@ def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
     fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "a"},'
                                             ' {"domain": "mail.example.com", "selector": "b"},'
                                             ' {"domain": "example.com", "selector": "next"}]'})
-    files = render.opendkim_files(fleet)
-    assert "SigningTable            refile:/etc/opendkim/SigningTable" in files["/etc/opendkim.conf"]
+    files = render.signer_files(fleet)
     lines = [line for line in files["/etc/opendkim/SigningTable"].splitlines() if not line.startswith("#")]
     assert lines == [
         "*@mail.example.com b._domainkey.mail.example.com",
@@ -173,61 +172,49 @@ def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
     # Every key is in the KeyTable, also the one waiting to take over (rotation).
     assert "next._domainkey.example.com example.com:next:/etc/opendkim/keys/example.com/next.private" \
         in files["/etc/opendkim/KeyTable"]
-    # With only RSA keys, one signer: no Ed25519 unit, one milter.
-    assert set(files) == {"/etc/opendkim.conf", "/etc/opendkim/KeyTable", "/etc/opendkim/SigningTable",
-                          "/etc/opendkim/TrustedHosts"}
+    assert set(files) == {"/etc/opendkim/KeyTable", "/etc/opendkim/SigningTable",
+                          "/etc/systemd/system/mailfleet-signer.service"}
+    # Mail of the subdomain carries both signatures; the probe expects exactly those.
+    assert render.expected_signatures(fleet, "mail.example.com") == [
+        "d=example.com s=a a=rsa-sha256", "d=mail.example.com s=b a=rsa-sha256"]
+    assert render.expected_signatures(fleet, "example.com") == ["d=example.com s=a a=rsa-sha256"]
+    assert render.expected_signatures(fleet, "notexample.com") == []
     main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == "unix:/var/spool/opendkim/opendkim.sock"
+    assert main["smtpd_milters"] == "unix:/var/spool/mailfleet-signer/milter.sock"
 
 
-def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_one_signer_per_algorithm():
+def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_the_one_signer_with_both():
     fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "r1"},'
                                             ' {"domain": "example.com", "selector": "e1", "algorithm": "ed25519"},'
                                             ' {"domain": "example.com", "selector": "e2", "algorithm": "ed25519"},'
                                             ' {"domain": "example.net", "selector": "r2"}]'})
-    files = render.opendkim_files(fleet)
+    files = render.signer_files(fleet)
 
     def table(path):
         return [line for line in files[path].splitlines() if not line.startswith("#")]
+    # The first key of each algorithm signs; e2 is published only (rotation).
     assert table("/etc/opendkim/SigningTable") == [
         "*@example.com r1._domainkey.example.com", "*@*.example.com r1._domainkey.example.com",
+        "*@example.com e1._domainkey.example.com", "*@*.example.com e1._domainkey.example.com",
         "*@example.net r2._domainkey.example.net", "*@*.example.net r2._domainkey.example.net"]
-    # The first Ed25519 key signs; e2 is published only (rotation).
-    assert table("/etc/opendkim/ed25519/SigningTable") == [
-        "*@example.com e1._domainkey.example.com", "*@*.example.com e1._domainkey.example.com"]
-    assert table("/etc/opendkim/ed25519/KeyTable") == [
-        "e1._domainkey.example.com example.com:e1:/etc/opendkim/keys/example.com/e1.private",
-        "e2._domainkey.example.com example.com:e2:/etc/opendkim/keys/example.com/e2.private"]
-    assert "e1._domainkey" not in files["/etc/opendkim/KeyTable"]
-    rsa, ed = files["/etc/opendkim.conf"], files["/etc/opendkim-ed25519.conf"]
-    assert "SignatureAlgorithm      rsa-sha256" in rsa and "SignatureAlgorithm      ed25519-sha256" in ed
-    assert "Socket                  local:/var/spool/opendkim/opendkim.sock" in rsa
-    assert "Socket                  local:/var/spool/opendkim/opendkim-ed25519.sock" in ed
-    assert "KeyTable                file:/etc/opendkim/ed25519/KeyTable" in ed
-    for conf in (rsa, ed):
-        assert "MultipleSignatures      yes" in conf
-    unit = files["/etc/systemd/system/opendkim-ed25519.service"]
-    assert "ExecStart=/usr/sbin/opendkim -x /etc/opendkim-ed25519.conf" in unit
-    assert "PIDFile=/run/opendkim/opendkim-ed25519.pid" in unit
+    assert "e2._domainkey.example.com example.com:e2:/etc/opendkim/keys/example.com/e2.private" \
+        in table("/etc/opendkim/KeyTable")
+    assert render.expected_signatures(fleet, "example.com") == [
+        "d=example.com s=e1 a=ed25519-sha256", "d=example.com s=r1 a=rsa-sha256"]
     main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == ("unix:/var/spool/opendkim/opendkim.sock, "
-                                    "unix:/var/spool/opendkim/opendkim-ed25519.sock")
+    assert main["smtpd_milters"] == "unix:/var/spool/mailfleet-signer/milter.sock"
 
 
-def test_opendkim_signs_an_explicit_header_list_with_from_oversigned():
-    conf = render.opendkim_files(fleet_of("prod"))["/etc/opendkim.conf"]
-    settings_ = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
-    assert settings_["SignHeaders"].split(",") == [
-        "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version", "Content-Type",
-        "List-Unsubscribe", "List-Unsubscribe-Post"]
-    assert settings_["OversignHeaders"] == "From"
-
-
-def test_opendkim_uses_tables_only_and_a_unix_socket_postfix_reaches():
-    conf = render.opendkim_files(fleet_of("prod"))["/etc/opendkim.conf"]
-    assert "Socket                  local:/var/spool/opendkim/opendkim.sock" in conf
-    for single_key_setting in ("\nDomain", "\nKeyFile", "\nSelector"):
-        assert single_key_setting not in conf
+def test_the_signer_runs_unprivileged_on_a_socket_only_postfix_reaches():
+    unit = render.signer_files(fleet_of("prod"))["/etc/systemd/system/mailfleet-signer.service"]
+    service = dict(line.split("=", 1) for line in unit.split("[Service]")[1].split("[Install]")[0].splitlines()
+                   if "=" in line and not line.startswith("#"))
+    assert service["User"] == service["Group"] == "opendkim"
+    assert service["UMask"] == "0007"
+    assert service["ExecStart"] == ("/usr/local/sbin/mailfleet-signer -tables /etc/opendkim"
+                                    " -socket /var/spool/mailfleet-signer/milter.sock")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ReadWritePaths"] == "/var/spool/mailfleet-signer"
 
 
 def test_cloud_init_puts_every_ip_on_one_interface():

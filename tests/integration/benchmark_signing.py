@@ -7,10 +7,11 @@ at Postfix's own `smtp-sink` inside the host and drives one instance with Postfi
 restored afterwards). Queues are drained between runs. Every message of a signed run must
 reach the sink with a DKIM-Signature, and a sample must verify against the stack's dkimRecords.
 
-With --signers, the same host and runs measure other signers in OpenDKIM's place, on its socket
-and with the tables mailfleet rendered: `mailfleet-signer` (signer/, the candidate replacement, built
-here) and `noop-milter` (tests/integration/noop_milter.c, which signs nothing: the cost of the milter
-protocol alone, the floor under any milter signer). The summary puts them side by side.
+The signer is the one the program deploys, mailfleet-signer. With --signers, the same host and
+runs measure others in its place, on its socket and with the tables mailfleet rendered: `opendkim`
+(Debian's OpenDKIM 2.11, which signed before it, configured as mailfleet configured it) and
+`noop-milter` (tests/integration/noop_milter.c, which signs nothing: the cost of the milter protocol
+alone, the floor under any milter signer). The summary puts them side by side.
 
 Prints figures only; it asserts no time. Run: scripts/benchmark-signing [--rounds N] [--signers ...]
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, as py
 from integration.test_apply import (INSTANCES, RELAY_CLIENT, apply, config_for,  # noqa: E402
                                     verify_dkim)
 from integration.testhost import SUITE, SUITES, TestHost  # noqa: E402
-from mailfleet.render import ED25519_SIGNER, RSA_SIGNER  # noqa: E402
+from mailfleet.render import SIGNER_SOCKET, SIGNER_TABLES, SIGNER_UNIT  # noqa: E402
 
 INSTANCE = INSTANCES[0]
 SINK_PORT = 2526  # smtp-sink inside the host; the aiosmtpd sink of the tests keeps 2525
@@ -40,21 +41,32 @@ SIZE = 8192
 SENDER, RECIPIENT = "news@example.com", "someone@example.org"
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
-SIGNERS = ("opendkim", "mailfleet-signer", "noop-milter")
-BENCH_UNIT = "bench-signer"  # the transient unit a signer other than OpenDKIM runs as
+SIGNERS = ("mailfleet-signer", "opendkim", "noop-milter")
+BENCH_UNIT = "bench-signer"  # the transient unit a signer other than the deployed one runs as
+# OpenDKIM as mailfleet configured it until it was replaced (RSA keys: the bench stack has no other).
+OPENDKIM_CONF = f"""Mode s
+SignatureAlgorithm rsa-sha256
+Canonicalization relaxed/simple
+SignHeaders From,To,Cc,Subject,Date,Message-ID,Reply-To,MIME-Version,Content-Type,List-Unsubscribe,List-Unsubscribe-Post
+OversignHeaders From
+MultipleSignatures yes
+UserID opendkim
+UMask 007
+Socket local:{SIGNER_SOCKET}
+KeyTable file:{SIGNER_TABLES}/KeyTable
+SigningTable refile:{SIGNER_TABLES}/SigningTable
+InternalHosts 127.0.0.0/8
+"""
 
 
-def build(signer: str) -> Path:
-    """Build a signer other than OpenDKIM here (Go from the module proxy; libmilter from Debian)."""
+def build_noop_milter() -> Path:
+    """The no-op milter, built here against Debian's libmilter."""
     BUILD.mkdir(exist_ok=True)
-    binary = BUILD / signer
-    if signer == "mailfleet-signer":
-        subprocess.run(["go", "build", "-o", binary, "."], cwd=ROOT / "signer", check=True)
-    else:
-        if not Path("/usr/include/libmilter/mfapi.h").exists():
-            subprocess.run(["apt-get", "install", "-y", "-q", "libmilter-dev"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, Path(__file__).with_name("noop_milter.c"), "-lmilter"],
-                       check=True)
+    binary = BUILD / "noop-milter"
+    if not Path("/usr/include/libmilter/mfapi.h").exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "libmilter-dev"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, Path(__file__).with_name("noop_milter.c"), "-lmilter"],
+                   check=True)
     return binary
 
 
@@ -63,28 +75,26 @@ class Bench:
         self.host, self.dkim_records = host, dkim_records
         self.conf = f"/etc/{INSTANCE['name']}"
         self.queue = f"/var/spool/{INSTANCE['name']}"
-        self.unit = RSA_SIGNER.unit
+        self.unit = SIGNER_UNIT
 
-    def use_signer(self, signer: str, binary: Path | None):
-        """Put `signer` on OpenDKIM's socket: the instance's milter settings stay as applied."""
+    def use_signer(self, signer: str):
+        """Put `signer` on the deployed signer's socket: the instance's milter settings stay as applied."""
         self.sh(f"systemctl stop {BENCH_UNIT} 2>/dev/null; true")
-        units = f"{RSA_SIGNER.unit} $(systemctl is-enabled -q {ED25519_SIGNER.unit} 2>/dev/null && echo {ED25519_SIGNER.unit})"
-        if signer == "opendkim":
-            self.sh(f"systemctl start {units}")
-            self.unit = RSA_SIGNER.unit
-            return
-        self.sh(f"systemctl stop {units}")
-        shutil.copy(binary, self.host.rootfs / "usr/local/sbin" / signer)
         if signer == "mailfleet-signer":
-            tables = f"-tables {RSA_SIGNER.tables}" + (f" -tables {ED25519_SIGNER.tables}"
-                                                       if self.sh(f"test -e {ED25519_SIGNER.tables}/KeyTable && echo yes || true").strip() else "")
-            command = f"/usr/local/sbin/{signer} {tables} -socket {RSA_SIGNER.socket}"
+            self.sh(f"systemctl start {SIGNER_UNIT}")
+            self.unit = SIGNER_UNIT
+            return
+        self.sh(f"systemctl stop {SIGNER_UNIT}")
+        if signer == "opendkim":
+            (self.host.rootfs / "var/tmp/bench-opendkim.conf").write_text(OPENDKIM_CONF)
+            command = "/usr/sbin/opendkim -f -x /var/tmp/bench-opendkim.conf"
         else:
-            command = f"/usr/local/sbin/{signer} {RSA_SIGNER.socket} noreply"
-        # As root: the tables are root's (OpenDKIM reads them before it drops to its user). Group
-        # postfix (as the setgid socket directory gives) and umask 007: Postfix, and only Postfix, connects.
-        self.sh(f"systemd-run --unit={BENCH_UNIT} -p Group=postfix -p UMask=0007 {command}; "
-                f"for i in $(seq 50); do [ -S {RSA_SIGNER.socket} ] && break; sleep 0.1; done")
+            shutil.copy(build_noop_milter(), self.host.rootfs / "usr/local/sbin" / signer)
+            command = f"/usr/local/sbin/{signer} {SIGNER_SOCKET} noreply"
+        # As root (OpenDKIM drops to its user itself). Group postfix (as the setgid socket
+        # directory gives) and umask 007: Postfix, and only Postfix, connects.
+        self.sh(f"rm -f {SIGNER_SOCKET}; systemd-run --unit={BENCH_UNIT} -p Group=postfix -p UMask=0007 {command}; "
+                f"for i in $(seq 50); do [ -S {SIGNER_SOCKET} ] && break; sleep 0.1; done")
         if self.host.run(f"systemctl is-active -q {BENCH_UNIT}", check=False)[0] != 0:
             raise RuntimeError(f"{signer} did not start:\n" + self.sh(f"journalctl -o cat -u {BENCH_UNIT} | tail -20"))
         self.unit = BENCH_UNIT
@@ -172,7 +182,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternations of off/on per figure")
     parser.add_argument("--messages", type=int, default=2000, help="messages per 10-session run")
     parser.add_argument("--single", type=int, default=500, help="messages per 1-session run")
-    parser.add_argument("--signers", default="opendkim",
+    parser.add_argument("--signers", default="mailfleet-signer",
                         help=f"comma-separated, measured in this order: {', '.join(SIGNERS)}")
     parser.add_argument("--suite", default=SUITE, choices=SUITES, help="the test host's Debian release")
     parser.add_argument("--keep", metavar="FILE", help="then leave the host up until FILE is removed")
@@ -181,8 +191,6 @@ def main():
     if unknown := set(signers) - set(SIGNERS):
         parser.error(f"--signers: unknown {', '.join(sorted(unknown))}; known: {', '.join(SIGNERS)}")
 
-    binaries = {signer: build(signer) for signer in signers if signer != "opendkim"}
-
     host = TestHost(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=args.suite)
     host.start()
     try:
@@ -190,7 +198,7 @@ def main():
         print(f"{args.suite}: applied in {seconds:.1f} s; load: {os.getloadavg()[0]:.2f}", flush=True)
         bench = Bench(host, run.outputs["dkimRecords"])
         bench.start_sink()
-        summary = {signer: measure(bench, signer, binaries.get(signer), args) for signer in signers}
+        summary = {signer: measure(bench, signer, args) for signer in signers}
         if len(summary) > 1:
             print(f"\nsigners side by side (medians of paired runs, {args.rounds} round(s)):")
             print("| signer | 10 sessions vs milters off | 1 session, added | signer CPU a message |")
@@ -203,13 +211,14 @@ def main():
                   f"rm {args.keep} to stop it", flush=True)
             while Path(args.keep).exists():
                 time.sleep(2)
+        bench.use_signer("mailfleet-signer")
         bench.stop_sink()
     finally:
         host.stop()
 
 
-def measure(bench: Bench, signer: str, binary: Path | None, args) -> tuple[float, float, float]:
-    bench.use_signer(signer, binary)
+def measure(bench: Bench, signer: str, args) -> tuple[float, float, float]:
+    bench.use_signer(signer)
     signs = signer != "noop-milter"
     bench.run(1, 20, signed=True, signs=signs)  # warm-up: first connections, caches
     results = []

@@ -34,7 +34,8 @@ INSTANCES = [
 DOMAINS = {"example.com": "s1", "example.net": "s2"}
 RELAY_CLIENT = "198.51.100.7"  # inside relayNetworks; a documentation address on the namespace's lo
 SINK = "[127.0.0.1]:2525"
-MANAGED_FILES = "/etc/postfix /etc/postfix-4* /etc/mailfleet /etc/opendkim /etc/opendkim.conf"
+MANAGED_FILES = ("/etc/postfix /etc/postfix-4* /etc/mailfleet /etc/opendkim /etc/systemd/system/mailfleet-signer.service"
+                 " /usr/local/sbin/mailfleet-signer")
 
 figures: dict[str, float] = {}
 
@@ -54,15 +55,16 @@ def config_for(host: TestHost, instances=INSTANCES, **overrides) -> dict[str, st
 
 class StatefulMocks(RealMocks):
     """Like the engine with its state: a resource whose inputs did not change keeps its outputs
-    (the same keys and certificates on every apply). Commands always run, which is stricter than
-    the engine, which runs only those whose inputs changed."""
+    (the same keys and certificates on every apply). Commands and uploads always run, which is
+    stricter than the engine, which runs only those whose inputs changed (and the state is kept per
+    suite, while each module has a host of its own)."""
 
     def __init__(self, connect, state: dict):
         super().__init__(connect)
         self.state = state
 
     def new_resource(self, args):
-        if args.typ == "command:remote:Command":
+        if args.typ.startswith("command:remote:"):
             return super().new_resource(args)
         fingerprint = json.dumps(plain(args.inputs), sort_keys=True, default=str)
         previous = self.state.get((args.typ, args.name))
@@ -122,7 +124,7 @@ def master_pid(host: TestHost, name: str) -> int:
 def service_pids(host: TestHost) -> dict[str, int]:
     pids = {i["name"]: master_pid(host, i["name"]) for i in INSTANCES if instance_listed(host, i["name"])}
     pids["default"] = master_pid(host, "-")
-    pids["opendkim"] = int(host.run("systemctl show -p MainPID --value opendkim")[1])
+    pids["signer"] = int(host.run("systemctl show -p MainPID --value mailfleet-signer")[1])
     return pids
 
 
@@ -262,24 +264,37 @@ def test_a_client_outside_relay_networks_cannot_relay(host, deployed):
             assert b"Client host rejected: Access denied" in refused.value.smtp_error, (instance["name"], port)
 
 
-# ---- 5. OpenDKIM down: deferred, never unsigned, never lost ----
+def test_the_signer_runs_unprivileged_and_only_postfix_reaches_it(host, deployed):
+    pid = host.run("systemctl show -p MainPID --value mailfleet-signer")[1].strip()
+    assert host.run(f"ps -o user= -p {pid}")[1].strip() == "opendkim"
+    assert host.run("stat -c '%U:%G %a' /var/spool/mailfleet-signer/milter.sock")[1].strip() == "opendkim:postfix 770"
+    probe = "/usr/local/sbin/mailfleet-signer -probe -socket /var/spool/mailfleet-signer/milter.sock -from x@example.com"
+    assert host.run(f"runuser -u postfix -- {probe}")[1].strip() == "d=example.com s=s1 a=rsa-sha256"
+    rc, out, err = host.run(f"runuser -u nobody -- {probe}", check=False)
+    assert rc != 0 and "permission denied" in (out + err).lower(), (rc, out, err)
+    # OpenDKIM, which the package started, signs nothing any more.
+    assert "stopped and disabled opendkim: mailfleet-signer signs" in step_output(deployed["mocks"])
+    assert host.run("systemctl is-active opendkim", check=False)[1].strip() == "inactive"
 
-def test_without_opendkim_mail_waits_and_leaves_signed_afterwards(host, deployed):
+
+# ---- 5. the signer down: deferred, never unsigned, never lost ----
+
+def test_without_the_signer_mail_waits_and_leaves_signed_afterwards(host, deployed):
     host.clear_sink()
-    host.run("systemctl stop opendkim")
+    host.run("systemctl stop mailfleet-signer")
     try:
         with host.smtp(INSTANCES[0]["ip"], source=RELAY_CLIENT) as client:
             client.ehlo("client.example")
             code, reply = client.mail("news@example.com")
         assert 400 <= code < 500, (code, reply)
-        local = message("news@example.com", "held while opendkim is down")
+        local = message("news@example.com", "held while the signer is down")
         host.run("postmulti -i postfix-45 -x sendmail -t -f news@example.com <<'EOF'\n"
                  + local.as_string() + "\nEOF")
         time.sleep(3)
         assert host.sink_messages() == []  # nothing left unsigned
     finally:
-        host.run("systemctl start opendkim")
-    received = wait_for(host, "held while opendkim is down", timeout=120)
+        host.run("systemctl start mailfleet-signer")
+    received = wait_for(host, "held while the signer is down", timeout=120)
     assert verify_dkim(received["data"], deployed["run"].outputs["dkimRecords"])
     assert received["peer"] == INSTANCES[1]["ip"]
 
@@ -325,7 +340,7 @@ def test_changing_one_instance_touches_only_that_instance(host, deployed):
     assert {e.get("UNIT") for e in journal if e.get("JOB_TYPE") == "reload"} == {unit(host, 'postfix-47') + ".service"}
     after_qmgrs = qmgr_pids()
     for name, pid in pids.items():
-        if name not in ("postfix-47", "opendkim"):
+        if name not in ("postfix-47", "signer"):
             assert after_qmgrs[pid] == qmgrs[pid], name
     assert after_qmgrs[after_pids["postfix-47"]] != qmgrs[pids["postfix-47"]]  # the probe can see a reload
     with host.smtp("127.0.0.47") as client:
@@ -337,10 +352,11 @@ def test_changing_one_instance_touches_only_that_instance(host, deployed):
 
 # ---- 8. the host restarts: everything comes back by itself ----
 
-def test_after_a_reboot_every_instance_and_opendkim_come_back(host, deployed):
+def test_after_a_reboot_every_instance_and_the_signer_come_back(host, deployed):
     host.restart()
     host.run("systemctl is-system-running --wait", check=False, timeout=120)
-    assert host.run("systemctl is-active opendkim")[1].strip() == "active"
+    assert host.run("systemctl is-active mailfleet-signer")[1].strip() == "active"
+    assert host.run("systemctl is-active opendkim", check=False)[1].strip() == "inactive"
     for name in ["-", *(i["name"] for i in INSTANCES)]:
         # Each master runs under its own unit, so systemd stops, restarts and watches it.
         cgroup = host.run(f"cat /proc/{master_pid(host, name)}/cgroup")[1].strip()

@@ -60,6 +60,60 @@ def _quiet_about(failure: str):
     loop.set_exception_handler(handler)
 
 
+# ---- a host that OpenDKIM signed for (mailfleet before mailfleet-signer) moves over in one apply ----
+
+OLD_SOCKET = "/var/spool/opendkim/opendkim.sock"
+OLD_OPENDKIM_CONF = f"""# Managed by mailfleet: edits here are overwritten on the next `pulumi up`.
+Mode s
+UserID opendkim
+UMask 007
+Socket local:{OLD_SOCKET}
+PidFile /run/opendkim/opendkim.pid
+KeyTable file:/etc/opendkim/KeyTable
+SigningTable refile:/etc/opendkim/SigningTable
+InternalHosts refile:/etc/opendkim/TrustedHosts
+"""
+
+
+def test_a_host_that_opendkim_signed_for_moves_to_the_signer(host, fleet):
+    """The layout the previous mailfleet left: its opendkim.conf (Debian's kept as .pre-mailfleet),
+    TrustedHosts, OpenDKIM running on a socket in /var/spool/opendkim that every instance names."""
+    debian_conf = host.run("cat /etc/opendkim.conf")[1]
+    host.run("systemctl disable -q --now mailfleet-signer")
+    host.run("cp -p /etc/opendkim.conf /etc/opendkim.conf.pre-mailfleet && "
+             "install -d -m 2750 -o opendkim -g postfix /var/spool/opendkim && "
+             f"printf '127.0.0.0/8\\n{RELAY_CLIENT}\\n' >/etc/opendkim/TrustedHosts && "
+             "cat >/etc/opendkim.conf <<'EOF'\n"
+             f"{OLD_OPENDKIM_CONF}EOF\nsystemctl enable -q --now opendkim")
+    for instance in fleet["instances"]:
+        directory = f"/etc/{instance['name']}"
+        host.run(f"postconf -c {directory} -e smtpd_milters=unix:{OLD_SOCKET} && postfix -c {directory} reload")
+    host.clear_sink()
+    with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
+        client.send_message(message("news@example.com", "signed by OpenDKIM"))
+    assert verify_dkim(wait_for(host, "signed by OpenDKIM")["data"], fleet["run"].outputs["dkimRecords"])
+
+    run, mocks, _ = apply(host, config_for(host, instances=fleet["instances"]))
+    output = step_output(mocks)
+    assert "stopped and disabled opendkim: mailfleet-signer signs" in output, output
+    assert "restored the package's /etc/opendkim.conf" in output, output
+    assert host.run("cat /etc/opendkim.conf")[1] == debian_conf
+    assert host.run("systemctl is-enabled opendkim", check=False)[1].strip() == "disabled"
+    assert host.run("systemctl is-active mailfleet-signer")[1].strip() == "active"
+    for gone in ("/var/spool/opendkim", "/etc/opendkim/TrustedHosts", "/etc/opendkim.conf.pre-mailfleet"):
+        assert host.run(f"test -e {gone}", check=False)[0] != 0, gone
+    for instance in fleet["instances"]:
+        milters = host.run(f"postconf -c /etc/{instance['name']} -h smtpd_milters")[1].strip()
+        assert milters == "unix:/var/spool/mailfleet-signer/milter.sock", (instance["name"], milters)
+    host.clear_sink()
+    with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
+        client.send_message(message("news@example.com", "signed by mailfleet-signer"))
+    assert verify_dkim(wait_for(host, "signed by mailfleet-signer")["data"], run.outputs["dkimRecords"])
+    # And the next apply has nothing left to move.
+    _, mocks, _ = apply(host, config_for(host, instances=fleet["instances"]))
+    assert "opendkim" not in step_output(mocks), step_output(mocks)
+
+
 # ---- submission ports as a client meets them ----
 
 def test_submission_without_tls_is_refused(host, fleet):
@@ -136,7 +190,7 @@ def test_a_dkim_key_dropped_from_the_config_is_removed(host, fleet):
     assert host.run(f"test -e {dropped}", check=False)[0] != 0
     assert host.run(f"test -f {kept}", check=False)[0] == 0
     assert dropped_domain not in host.run("cat /etc/opendkim/KeyTable /etc/opendkim/SigningTable")[1]
-    assert host.run("systemctl is-active opendkim")[1].strip() == "active"
+    assert host.run("systemctl is-active mailfleet-signer")[1].strip() == "active"
     host.clear_sink()
     with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
         client.send_message(message(f"news@{kept_domain}", "after a key left"))
@@ -148,8 +202,8 @@ def test_a_dkim_key_dropped_from_the_config_is_removed(host, fleet):
 def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains(host, fleet):
     name = SECOND["name"]
     retire = fleet["mocks"].commands[f"{name}-config"]  # the delete the engine runs when it leaves
-    # With OpenDKIM down, local mail waits in the instance's queue (maildrop): it cannot leave unsigned.
-    host.run("systemctl stop opendkim")
+    # With the signer down, local mail waits in the instance's queue (maildrop): it cannot leave unsigned.
+    host.run("systemctl stop mailfleet-signer")
     try:
         host.clear_sink()
         held = message("news@example.com", "queued while retiring")
@@ -163,7 +217,7 @@ def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains
         assert queued(host, name) == 1
         assert host.sink_messages() == []
     finally:
-        host.run("systemctl start opendkim")
+        host.run("systemctl start mailfleet-signer")
     # Released: the message leaves signed, and the retirement goes through.
     received = wait_for(host, "queued while retiring", timeout=120)
     assert verify_dkim(received["data"], fleet["run"].outputs["dkimRecords"])

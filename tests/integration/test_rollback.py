@@ -2,9 +2,10 @@
 
 A host that already runs Debian's Postfix ("Local only") while something holds the dpkg lock gets
 its first apply: the install waits for the lock, the files it replaces are kept as
-*.pre-mailfleet, the default instance lets go of the instances' addresses. Then: an OpenDKIM
-configuration change is a reload (same PID); a deliberately broken instance change that `postfix
-check` passes (it breaks STARTTLS) is rolled back, the step names the instance and the instance
+*.pre-mailfleet, the default instance lets go of the instances' addresses, Debian's OpenDKIM is
+stopped and its files left alone. Then: a signer table change is a reload (same PID); a broken
+signer table is refused by `mailfleet-signer -check` and the signer keeps signing with the old; a
+deliberately broken instance change that `postfix check` passes (it breaks STARTTLS) is rolled back, the step names the instance and the instance
 keeps answering with its old files, its master never restarted; Postfix units of a kind it does not
 know stop the apply at preflight, before any change.
 """
@@ -89,11 +90,13 @@ def test_first_apply_on_an_existing_postfix_waits_for_dpkg_and_keeps_pre_mailfle
 
     assert host.run("cat /etc/postfix/main.cf.pre-mailfleet")[1] == original_main_cf
     assert host.run("head -n 1 /etc/postfix/main.cf")[1].startswith("# Managed by mailfleet")
-    debian_opendkim_conf = host.run("cat /etc/opendkim.conf.pre-mailfleet")[1]
-    assert "Socket" in debian_opendkim_conf and "mailfleet" not in debian_opendkim_conf
+    # mailfleet-signer signs; Debian's OpenDKIM is stopped, its configuration as the package left it.
+    assert "stopped and disabled opendkim: mailfleet-signer signs" in step_output(mocks)
+    assert "mailfleet" not in host.run("cat /etc/opendkim.conf")[1]
+    assert host.run("systemctl is-enabled opendkim", check=False)[1].strip() == "disabled"
     # No copy of what mailfleet wrote itself (postmulti's files, keys, certificates).
     copies = host.run("find /etc -name '*.pre-mailfleet' | sort")[1].split()
-    assert copies == ["/etc/opendkim.conf.pre-mailfleet", "/etc/postfix/main.cf.pre-mailfleet"], copies
+    assert copies == ["/etc/postfix/main.cf.pre-mailfleet"], copies
     # The default instance was bound to every loopback address: restarted, it holds 127.0.0.1 only.
     found = listeners(host)
     default = master_pid(host, "-")
@@ -116,14 +119,42 @@ def test_bounce_queue_lifetime_follows_a_shorter_maximal_queue_lifetime(host, st
     # watched here: chrooted daemons have no /dev/log on this host, so their lines never reach journald.
 
 
-def test_an_opendkim_configuration_change_is_a_reload_that_keeps_its_pid(host, state):
-    pid = host.run("systemctl show -p MainPID --value opendkim")[1].strip()
-    host.run("sed -i 's/^LogWhy.*/LogWhy no/' /etc/opendkim.conf && echo '# edited by hand' >> /etc/opendkim.conf")
+def signer_pid(host) -> str:
+    return host.run("systemctl show -p MainPID --value mailfleet-signer")[1].strip()
+
+
+def test_a_signer_table_change_is_a_reload_that_keeps_its_pid(host, state):
+    pid = signer_pid(host)
+    host.run("echo '# edited by hand' >> /etc/opendkim/SigningTable")
     mocks, error = apply(host, state)
     assert error is None, error
-    assert "reloaded opendkim" in step_output(mocks) and "restarted opendkim" not in step_output(mocks)
-    assert host.run("systemctl show -p MainPID --value opendkim")[1].strip() == pid
-    assert "edited by hand" not in host.run("cat /etc/opendkim.conf")[1]
+    assert "reloaded mailfleet-signer" in step_output(mocks) and "restarted" not in step_output(mocks)
+    assert signer_pid(host) == pid
+    assert "edited by hand" not in host.run("cat /etc/opendkim/SigningTable")[1]
+
+
+def test_a_broken_signer_table_is_refused_and_the_signer_keeps_signing(host, state, monkeypatch):
+    files, pid = file_states(host), signer_pid(host)
+    rendered = render.signer_files
+
+    def signer_files(fleet):
+        files = rendered(fleet)
+        files["/etc/opendkim/SigningTable"] += "*@example.org no-such-key._domainkey.example.org\n"
+        return files
+    monkeypatch.setattr(render, "signer_files", signer_files)
+    mocks, error = apply(host, state)
+    message = step_error(mocks, "mailtest-opendkim-config")
+    assert "mailfleet-signer -check failed; the previous files are restored" in message, error
+    assert "no-such-key" in message, message
+    assert file_states(host) == files
+    assert signer_pid(host) == pid
+    probe = host.run("runuser -u postfix -- /usr/local/sbin/mailfleet-signer -probe"
+                     " -socket /var/spool/mailfleet-signer/milter.sock -from news@example.com")[1]
+    assert "d=example.com" in probe, probe
+    monkeypatch.undo()
+    mocks, error = apply(host, state)
+    assert error is None, error
+    assert file_states(host) == files
 
 
 def broken_main_cf(monkeypatch, name: str, edit):
