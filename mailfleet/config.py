@@ -65,7 +65,7 @@ def _rule(check: Callable[[Any], Any], schema: dict[str, Any] | None = None, bas
 
 def _single_line(value: str) -> str:
     # str.isprintable() is False for every control character (\n, \r, \t, \x00, \x7f, \u2028, ...):
-    # one of them in a value breaks main.cf, the OpenDKIM tables, a remote script or cloud-init.
+    # one of them in a value breaks main.cf, the signer's tables, a remote script or cloud-init.
     if not value.isprintable():
         raise _problem(f"{value!r} contains a control character (e.g. a newline)")
     return value

@@ -11,7 +11,7 @@ from mailfleet_policy import VALIDATORS
 DESCRIPTIONS = {
     "dkim-key-strength": "DKIM keys are RSA with at least 2048 bits, or Ed25519.",
     "instance-source-address": "Each Postfix instance sends from the IP it listens on (smtp_bind_address).",
-    "milter-never-accept": "Mail is never sent unsigned when OpenDKIM is down (no milter_default_action = accept).",
+    "milter-never-accept": "Mail is never sent unsigned when the DKIM signer is down (no milter_default_action = accept).",
     "no-plain-private-keys": "Private keys appear only in inputs kept secret (additionalSecretOutputs).",
     "relay-networks-not-open": "No Postfix instance relays for a network wider than /8 (mynetworks).",
 }

@@ -172,14 +172,14 @@ _MILTER_ACCEPT = re.compile(r"\bmilter_default_action\s*=\s*accept\b")
 
 
 def milter_never_accept(args: Any, report_violation: ReportViolation) -> None:
-    """When OpenDKIM is down, `accept` sends mail unsigned (it then fails DMARC); the default,
+    """When the DKIM signer is down, `accept` sends mail unsigned (it then fails DMARC); the default,
     `tempfail`, keeps it queued until the milter is back. Looks at main.cf lines, `postconf -e`
     and master.cf `-o` overrides alike."""
     for field in ("stdin", "create", "update"):
         text = _known(args.props, field)
         if isinstance(text, str) and _MILTER_ACCEPT.search(text):
             report_violation(f"{field} sets milter_default_action = accept; use tempfail so that mail is "
-                             "never sent unsigned when OpenDKIM is down")
+                             "never sent unsigned when the DKIM signer is down")
 
 
 def _known(container: Any, key: Any) -> Any:
