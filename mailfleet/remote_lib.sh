@@ -153,7 +153,11 @@ apply_to_service() {
     keep_changes
     return 0
   fi
+  # A unit file that goes back must reach systemd before the unit is restarted with it.
+  local unit_files=no path
+  for path in "${changed[@]}"; do [[ "$path" == */systemd/system/* ]] && unit_files=yes; done
   undo_changes
+  if [ "$unit_files" = yes ]; then systemctl daemon-reload || true; fi
   local restored=()
   for i in "${!units[@]}"; do
     unit=${units[i]} action=${actions[i]}

@@ -53,6 +53,21 @@ def test_failed_validation_restores_the_previous_file(tmp_path):
     assert not new.exists()  # a file that did not exist before is removed again
 
 
+def test_a_failed_probe_restores_a_unit_file_and_reloads_systemd_before_the_restart(tmp_path):
+    """apply_to_service's rollback, with systemctl recorded instead of run."""
+    unit = tmp_path / "etc/systemd/system/app.service"
+    put(unit, "old", then="keep_changes")
+    calls = tmp_path / "calls"
+    stubs = (f"systemctl() {{ echo \"systemctl $*\" >>{calls}; case $1 in is-active|is-enabled) return 0;; esac; }}\n"
+             "journalctl() { :; }\nprobe() { echo 'the app did not answer'; return 1; }\n")
+    result = put(unit, "new", then=stubs + 'apply_to_service "the app" app restart probe')
+    assert result.returncode == 1 and "the app failed after the change (the app did not answer)" in result.stderr
+    assert unit.read_text() == "old\n"
+    made = calls.read_text().splitlines()
+    restarts = [i for i, call in enumerate(made) if call == "systemctl restart app"]
+    assert len(restarts) == 2 and made.index("systemctl daemon-reload") in range(restarts[0], restarts[1]), made
+
+
 # The lines that tell the packagings apart, as the packages ship them.
 BOOKWORM_TEMPLATE_UNIT = """[Service]
 Type=forking
