@@ -27,7 +27,8 @@ import pytest
 import spf
 
 from harness import run_program
-from integration.real_mocks import RealMocks, plain
+from integration.real_mocks import RealMocks
+from integration.test_apply import StatefulMocks
 from integration.testhost import TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -64,26 +65,17 @@ def config_for(host: TestHost, **overrides) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
-class KeepKeys(RealMocks):
-    """As the engine with its state: keys and certificates whose inputs did not change are kept
-    from the previous apply of this module; commands always run."""
+# This module's stacks, per suite: keys and certificates are kept between its applies, as the
+# engine keeps them in its state (test_apply.py's StatefulMocks).
+STATE: dict[str, dict] = {}
 
-    state: dict = {}
 
-    def new_resource(self, args):
-        if args.typ.startswith("command:"):
-            return super().new_resource(args)
-        fingerprint = json.dumps(plain(args.inputs), sort_keys=True, default=str)
-        previous = self.state.get((args.typ, args.name))
-        if previous and previous[0] == fingerprint:
-            return previous[1]
-        result = super().new_resource(args)
-        self.state[(args.typ, args.name)] = (fingerprint, result)
-        return result
+def stateful_mocks(host: TestHost) -> StatefulMocks:
+    return StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
 
 
 def deploy(host: TestHost, config: dict[str, str], mocks: RealMocks | None = None):
-    mocks = mocks or KeepKeys(host.connect)
+    mocks = mocks or stateful_mocks(host)
     return run_program(config, mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="receiver")
 
 
@@ -360,7 +352,7 @@ def test_reapply_with_both_algorithms_changes_nothing(host, deployed):
     pids = host.run("systemctl show -p MainPID --value mailfleet-signer")[1].split()
     files = host.run("find /etc/opendkim /etc/systemd/system/mailfleet-signer.service /usr/local/sbin/mailfleet-signer"
                      " /etc/postfix-4* -type f -exec sha256sum {} +")[1]
-    mocks = KeepKeys(host.connect)
+    mocks = stateful_mocks(host)
     started = time.monotonic()
     deploy(host, config_for(host), mocks)
     figures["re-apply s"] = round(time.monotonic() - started, 1)
