@@ -1,7 +1,8 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance and the DKIM signer -> one PostfixInstance per
-IP. A host without an address is first created as a vSphere VM (VsphereVm, a child).
+IP, and last ManagedFiles, which watches what all of them installed for drift. A host without an
+address is first created as a vSphere VM (VsphereVm, a child).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import pulumi
 from pulumi_command import remote
 
 from components.dkim_signer import DkimSigner
+from components.managed_files import ManagedFiles, ManagedFilesArgs
 from components.postfix_instance import PostfixInstance
-from components.remote_step import remote_step
+from components.remote_step import remote_step, steps_on
 from components.vsphere_vm import VsphereVm
 from mailfleet import remote_scripts
 from mailfleet.config import Fleet, Host
@@ -56,4 +58,6 @@ class MailHost(pulumi.ComponentResource):
                 depends_on=[default_instance, signer.ready], opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
+        ManagedFiles(f"{host.name}-managed-files", ManagedFilesArgs(host.name, connection, steps_on(connection)),
+                     opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"address": address, "instances": sorted(self.instances)})

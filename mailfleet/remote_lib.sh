@@ -8,6 +8,11 @@ changed=()
 # Paths mailfleet has installed: a file not listed here (and without mailfleet's header) was
 # there before, so the first replacement keeps it as PATH.pre-mailfleet.
 managed_list=/var/lib/mailfleet/managed-files
+# What each step installed, for the drift check (`pulumi refresh`): one line a file,
+# "STEP SHA256 OWNER:GROUP MODE PATH", checksums only, never contents. STEP is the Pulumi step that
+# installed it, named in a line before this library (remote_step); "-" when none is named.
+checksum_list=${checksum_list:-/var/lib/mailfleet/checksums}
+mailfleet_step=${mailfleet_step:--}
 
 fail() {
   echo "mailfleet: $*" >&2
@@ -27,6 +32,70 @@ is_ours() {
   grep -qxF "$1" "$managed_list" 2>/dev/null || [[ "$(head -n 1 "$1")" == "# Managed by mailfleet"* ]]
 }
 
+# file_state PATH: "SHA256 OWNER:GROUP MODE PATH" as the file is now, the format of the record.
+file_state() {
+  echo "$(sha256sum <"$1" | cut -d' ' -f1) $(stat -c '%U:%G %a' "$1") $1"
+}
+
+# _rewrite_checksums AWK_PROGRAM [LINE]: keep the record's lines AWK_PROGRAM prints (it sees the
+# path as `rest`), then add LINE. Under a lock: the steps of one host run in parallel.
+_rewrite_checksums() {
+  local program=$1 line=${2:-} tmp
+  mkdir -p "$(dirname "$checksum_list")"
+  (
+    flock -w 60 8 || fail "timed out waiting for the lock on $checksum_list"
+    tmp=$(mktemp "$checksum_list.XXXXXX")
+    if [ -f "$checksum_list" ]; then
+      awk "{ rest = \$0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, \"\", rest) } $program" "$checksum_list" >"$tmp"
+    fi
+    if [ -n "$line" ]; then printf '%s\n' "$line" >>"$tmp"; fi
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$checksum_list"
+  ) 8>>"$checksum_list.lock"
+}
+
+# record_file PATH [STEP]: PATH, as it is now, is what STEP (default: this step) installed.
+record_file() {
+  local state
+  state=$(file_state "$1")
+  MAILFLEET_PATH=$1 _rewrite_checksums 'rest != ENVIRON["MAILFLEET_PATH"]' "${2:-$mailfleet_step} $state"
+}
+
+# forget_file PATH: mailfleet no longer installs PATH.
+forget_file() {
+  MAILFLEET_PATH=$1 _rewrite_checksums 'rest != ENVIRON["MAILFLEET_PATH"]'
+}
+
+# recorded PATH: PATH's line in the record ("STEP SHA256 OWNER:GROUP MODE PATH"), if any.
+recorded() {
+  [ -f "$checksum_list" ] || return 0
+  MAILFLEET_PATH=$1 awk '{ rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, "", rest) } rest == ENVIRON["MAILFLEET_PATH"]' "$checksum_list"
+}
+
+# follow_edit PATH COMMAND...: run COMMAND, which rewrites a part of PATH itself (postmulti create
+# and destroy edit multi_instance_directories in /etc/postfix/main.cf). If PATH was as recorded
+# before, its record follows the edit, so that the drift check reports only other hands' edits.
+follow_edit() {
+  local path=$1 before intact=no
+  shift
+  before=$(recorded "$path")
+  if [ -n "$before" ] && [ -f "$path" ] && [ "${before#* }" = "$(file_state "$path")" ]; then intact=yes; fi
+  "$@"
+  if [ "$intact" = yes ]; then record_file "$path" "${before%% *}"; fi
+}
+
+# report_checksums: for the drift check, each line of the record ("recorded STEP SHA256
+# OWNER:GROUP MODE PATH"), each followed by the file as it is now ("found SHA256 OWNER:GROUP MODE
+# PATH", or "found - - - PATH" when it is gone).
+report_checksums() {
+  local step sum owner mode path
+  [ -f "$checksum_list" ] || return 0
+  while read -r step sum owner mode path; do
+    echo "recorded $step $sum $owner $mode $path"
+    if [ -f "$path" ]; then echo "found $(file_state "$path")"; else echo "found - - - $path"; fi
+  done <"$checksum_list"
+}
+
 # put_file PATH OWNER:GROUP MODE < content
 # Installs the content atomically (a temp file beside PATH, then rename), and only if content,
 # owner or mode differ. The previous version is kept until keep_changes, so that undo_changes can
@@ -43,6 +112,7 @@ put_file() {
     [ "$(stat -c %U:%G:%a "$tmp")" = "$(stat -c %U:%G:%a "$path")" ]; then
     rm -f "$tmp"
     mark_ours "$path"
+    record_file "$path"
     return 0
   fi
   rm -f "$path.mailfleet-old"
@@ -55,6 +125,7 @@ put_file() {
   fi
   mv -f "$tmp" "$path"
   mark_ours "$path"
+  record_file "$path"
   changed+=("$path")
   echo "changed $path"
 }
@@ -62,7 +133,13 @@ put_file() {
 undo_changes() {
   local path
   for path in "${changed[@]}"; do
-    if [ -e "$path.mailfleet-old" ]; then mv -f "$path.mailfleet-old" "$path"; else rm -f "$path"; fi
+    if [ -e "$path.mailfleet-old" ]; then
+      mv -f "$path.mailfleet-old" "$path"
+      record_file "$path"
+    else
+      rm -f "$path"
+      forget_file "$path"
+    fi
   done
   changed=()
 }
@@ -311,3 +388,10 @@ reload_unit() {
     systemctl reload "$1"
   fi
 }
+
+# A step records what it installs afresh on every run, so a file it no longer installs (a retired
+# key, a table that went away) drops out of the record instead of showing as drift.
+if [ "$mailfleet_step" != - ] && [ -f "$checksum_list" ]; then
+  # shellcheck disable=SC2016  # an awk program: $1 is awk's first field
+  MAILFLEET_STEP_NAME=$mailfleet_step _rewrite_checksums '$1 != ENVIRON["MAILFLEET_STEP_NAME"]'
+fi

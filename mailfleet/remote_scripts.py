@@ -73,6 +73,17 @@ def runner(ssh_user: str) -> str:
     return f"""set -e; umask 077; f=$(mktemp); trap 'rm -f "$f"' EXIT; cat >"$f"; {sudo}bash "$f" </dev/null"""
 
 
+def for_step(step: str, script: str) -> str:
+    """The script as step STEP runs it: the library records the files it installs under that name
+    (/var/lib/mailfleet/checksums), which the drift check compares with the host."""
+    return f"mailfleet_step={shlex.quote(step)}\n{script}"
+
+
+def checksum_report() -> str:
+    """Prints the record of installed files and each file as it is now (mailfleet/drift.py reads it)."""
+    return f"{LIBRARY}\nreport_checksums\n"
+
+
 def inline_command(script: str, ssh_user: str) -> str:
     """A command that carries its script in itself, for `delete`, which gets no stdin."""
     sudo = "" if ssh_user == "root" else "sudo -n "

@@ -1,20 +1,28 @@
 """The remote shell library, run for real by bash on this machine against a temp directory."""
 
+import grp
+import hashlib
 import os
+import pwd
 import subprocess
 import tempfile
 from pathlib import Path
 
+from mailfleet import drift, remote_scripts
 from mailfleet.remote_scripts import LIBRARY
 from skips import skip_or_fail
 
 
-# The record of installed files goes to a temp directory, not this machine's /var/lib.
-MANAGED_LIST = Path(tempfile.mkdtemp(prefix="mailfleet-lib-")) / "managed-files"
+# The records of installed files go to a temp directory, not this machine's /var/lib.
+RECORDS = Path(tempfile.mkdtemp(prefix="mailfleet-lib-"))
+MANAGED_LIST = RECORDS / "managed-files"
+CHECKSUMS = RECORDS / "checksums"
 
 
-def bash(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f"{LIBRARY}\nmanaged_list={MANAGED_LIST}\n{script}"],
+def bash(script: str, step: str | None = None, checksums: Path = CHECKSUMS) -> subprocess.CompletedProcess:
+    """Run script after the library, as step `step` runs (remote_scripts.for_step) when given."""
+    library = remote_scripts.for_step(step, LIBRARY) if step else LIBRARY
+    return subprocess.run(["bash", "-c", f"checksum_list={checksums}\n{library}\nmanaged_list={MANAGED_LIST}\n{script}"],
                           capture_output=True, text=True, timeout=30)
 
 
@@ -138,3 +146,101 @@ def test_a_file_that_was_there_before_is_kept_once_as_pre_mailfleet(tmp_path):
     put(key, "key one", then="keep_changes")
     assert "kept" not in put(key, "key two", then="keep_changes").stdout  # mailfleet's own file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.cf", "main.cf.pre-mailfleet", "sel.private"]
+
+
+# ---- the record of what each step installed, which the drift check reads ----
+
+def put_as(step: str, checksums: Path, path: Path, content: str, mode: str = "0640", then: str = "keep_changes"):
+    owner = f"{os.getuid()}:{os.getgid()}"
+    return bash(f"put_file {path} {owner} {mode} <<'EOF'\n{content}\nEOF\n{then}", step=step, checksums=checksums)
+
+
+def report(checksums: Path) -> str:
+    result = bash("report_checksums", checksums=checksums)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_each_installed_file_is_recorded_with_its_step_checksum_owner_and_mode(tmp_path):
+    checksums = tmp_path / "checksums"
+    conf, key = tmp_path / "etc/app.conf", tmp_path / "etc/app.key"
+    put_as("app-config", checksums, conf, "a = 1")
+    put_as("app-keys", checksums, key, "key", mode="0600")
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+    def sha256(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    assert sorted(checksums.read_text().splitlines()) == [
+        f"app-config {sha256('a = 1' + chr(10))} {owner} 640 {conf}",
+        f"app-keys {sha256('key' + chr(10))} {owner} 600 {key}",
+    ]
+    assert drift.drift(report(checksums), ["app-config", "app-keys"]) == []
+
+
+def test_a_hand_edit_a_deleted_file_and_a_changed_mode_show_as_drift_of_their_step(tmp_path):
+    checksums = tmp_path / "checksums"
+    files = {name: tmp_path / name for name in ("main.cf", "gone.cf", "key")}
+    owner = f"{os.getuid()}:{os.getgid()}"
+    step = "".join(f"put_file {path} {owner} 0600 <<<'{path.name} content'\n" for path in files.values())
+    assert bash(step + "keep_changes", step="instance", checksums=checksums).returncode == 0
+    with files["main.cf"].open("a") as edited:
+        edited.write("milter_default_action = accept\n")
+    files["gone.cf"].unlink()
+    files["key"].chmod(0o644)
+    found = {d.path: (d.step, d.what) for d in drift.drift(report(checksums), ["instance"])}
+    assert found == {
+        str(files["main.cf"]): ("instance", "content differs from what step instance installed"),
+        str(files["gone.cf"]): ("instance", "deleted; step instance installed it"),
+        str(files["key"]): ("instance", "mode 0644, step instance installed it as 0600"),
+    }
+    # Running the step again puts each back and leaves nothing to report.
+    assert bash(step + "keep_changes", step="instance", checksums=checksums).returncode == 0
+    assert drift.drift(report(checksums), ["instance"]) == []
+
+
+def test_a_step_records_afresh_so_a_file_it_no_longer_installs_is_not_drift(tmp_path):
+    checksums = tmp_path / "checksums"
+    old_key, new_key, other = tmp_path / "old.private", tmp_path / "new.private", tmp_path / "other.cf"
+    put_as("other", checksums, other, "other")
+    put_as("keys", checksums, old_key, "old")
+    put_as("keys", checksums, new_key, "new")  # a later run: the old key is no longer installed
+    old_key.unlink()  # as the signer step retires it
+    assert [line.split()[-1] for line in checksums.read_text().splitlines()] == [str(other), str(new_key)]
+    assert drift.drift(report(checksums), ["keys", "other"]) == []
+
+
+def test_a_failed_change_puts_back_the_record_with_the_file(tmp_path):
+    checksums = tmp_path / "checksums"
+    conf, new = tmp_path / "app.conf", tmp_path / "new.conf"
+    put_as("app", checksums, conf, "good")
+    failed = put_as("app", checksums, conf, "bad", then=f'validate "app check" grep -q good {conf}')
+    assert failed.returncode == 1 and conf.read_text() == "good\n"
+    put_as("other-app", checksums, new, "bad", then=f'validate "app check" grep -q good {new}')
+    assert not new.exists()
+    assert [line.split()[-1] for line in checksums.read_text().splitlines()] == [str(conf)]
+    assert drift.drift(report(checksums), ["app", "other-app"]) == []
+
+
+def test_postmultis_own_edit_follows_the_record_but_an_earlier_hand_edit_still_shows(tmp_path):
+    checksums = tmp_path / "checksums"
+    main_cf = tmp_path / "main.cf"
+    put_as("default", checksums, main_cf, "multi_instance_directories =")
+    edit = f"follow_edit {main_cf} sed -i 's|=$|= /etc/postfix-43|' {main_cf}"
+    assert bash(edit, step="postfix-43-config", checksums=checksums).returncode == 0
+    assert main_cf.read_text() == "multi_instance_directories = /etc/postfix-43\n"
+    assert drift.drift(report(checksums), ["default", "postfix-43-config"]) == []
+    assert checksums.read_text().split()[0] == "default"  # still the default instance's file
+    with main_cf.open("a") as edited:
+        edited.write("by hand = yes\n")
+    assert bash(edit.replace("43", "45"), step="postfix-45-config", checksums=checksums).returncode == 0
+    assert [d.path for d in drift.drift(report(checksums), ["default"])] == [str(main_cf)]
+
+
+def test_the_records_of_steps_running_at_once_are_all_kept(tmp_path):
+    checksums = tmp_path / "checksums"
+    runs = [subprocess.Popen(["bash", "-c", f"checksum_list={checksums}\n{remote_scripts.for_step(f's{i}', LIBRARY)}\n"
+                              + "".join(f"put_file {tmp_path}/f{i}-{j} {os.getuid()}:{os.getgid()} 0644 <<<{j}\n"
+                                        for j in range(5)) + "keep_changes\n"])
+            for i in range(4)]
+    assert [run.wait(timeout=60) for run in runs] == [0] * 4
+    assert len(checksums.read_text().splitlines()) == 20

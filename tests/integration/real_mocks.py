@@ -4,8 +4,9 @@ No Pulumi CLI or provider plugin can run here, so the program runs in-process un
 `pulumi.runtime.set_mocks`. These mocks make that run a real deployment: `tls:*`
 resources make real keys and certificates (with `cryptography`, shaped like
 terraform-provider-tls output) and `command:remote:*` resources run over real SSH
-(with paramiko, behaving like pulumi-command 1.2). Inputs and outputs use the
-camelCase wire names.
+(with paramiko, behaving like pulumi-command 1.2). Python dynamic resources (mailfleet's
+drift check) run their own provider, unpickled from `__provider` as the CLI's pulumi-python plugin
+does, against the same hosts. Inputs and outputs use the camelCase wire names.
 
 Secrets (private keys, Command stdin, connection, environment) are never logged.
 """
@@ -23,6 +24,7 @@ import threading
 import time
 from base64 import b64decode, b64encode
 
+import dill
 import paramiko
 import pulumi
 from cryptography import x509
@@ -53,6 +55,8 @@ SUBJECT_FIELDS = [("country", NameOID.COUNTRY_NAME), ("province", NameOID.STATE_
                   ("organizationalUnit", NameOID.ORGANIZATIONAL_UNIT_NAME),
                   ("commonName", NameOID.COMMON_NAME), ("serialNumber", NameOID.SERIAL_NUMBER)]
 PRIVATE_OUTPUTS = ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh")
+DYNAMIC = "pulumi-python:dynamic"  # the type prefix of Python dynamic resources
+PROVIDER_KEY = "__provider"
 
 
 def plain(value):
@@ -203,8 +207,12 @@ class RealMocks(pulumi.runtime.Mocks):
                    "tls:index/locallySignedCert:LocallySignedCert": self._locally_signed_cert,
                    "command:remote:Command": self._command,
                    "command:remote:CopyToRemote": self._copy_to_remote}.get(args.typ)
-        # Reads (`.get`), imports and, as with the real provider, commands in a preview just echo.
-        if handler is None or args.resource_id or (args.typ.startswith("command:") and pulumi.runtime.is_dry_run()):
+        if args.typ.startswith(DYNAMIC):
+            handler = self._dynamic_create
+        # Reads (`.get`), imports and, as with the real providers, commands and dynamic resources
+        # in a preview just echo.
+        if handler is None or args.resource_id or (args.typ.startswith(("command:", DYNAMIC))
+                                                   and pulumi.runtime.is_dry_run()):
             return args.resource_id or args.name + "_id", args.inputs
         start, entry = time.monotonic(), {"type": args.typ, "name": args.name}
         try:
@@ -304,6 +312,18 @@ class RealMocks(pulumi.runtime.Mocks):
             else:
                 raise ValueError(f"{name}: source must be a FileAsset, StringAsset or FileArchive")
         return f"{name}_id", {}
+
+    # --- Python dynamic resources -------------------------------------------------------
+    def dynamic_provider(self, props: dict):
+        """The resource's own provider, as the engine's pulumi-python plugin unpickles it; it
+        reaches hosts the way these mocks do."""
+        provider = dill.loads(b64decode(plain(props)[PROVIDER_KEY]))
+        provider.dial = self.connect
+        return provider
+
+    def _dynamic_create(self, name, inp):
+        result = self.dynamic_provider(inp).create({k: v for k, v in inp.items() if k != PROVIDER_KEY})
+        return result.id, {**result.outs, PROVIDER_KEY: inp[PROVIDER_KEY]}
 
     # --- ssh ----------------------------------------------------------------------------
     def _ssh(self, connection):

@@ -18,10 +18,11 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import dkim
+import pulumi
 import pytest
 
 from harness import run_program
-from integration.real_mocks import RealMocks, plain
+from integration.real_mocks import DYNAMIC, PROVIDER_KEY, RealMocks, plain
 from integration.testhost import OUTSIDE_CLIENT_IP, SUITES, TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -57,14 +58,20 @@ class StatefulMocks(RealMocks):
     """Like the engine with its state: a resource whose inputs did not change keeps its outputs
     (the same keys and certificates on every apply). Commands and uploads always run, which is
     stricter than the engine, which runs only those whose inputs changed (and the state is kept per
-    suite, while each module has a host of its own)."""
+    suite, while each module has a host of its own); with `commands_like_the_engine`, they too run
+    only when their inputs changed. A dynamic resource is diffed against its outputs by its own
+    provider and updated when that finds a change, and `refresh` runs their reads, as the engine
+    does."""
 
-    def __init__(self, connect, state: dict):
+    def __init__(self, connect, state: dict, commands_like_the_engine: bool = False):
         super().__init__(connect)
         self.state = state
+        self.commands_like_the_engine = commands_like_the_engine
 
     def new_resource(self, args):
-        if args.typ.startswith("command:remote:"):
+        if args.typ.startswith(DYNAMIC) and not args.resource_id and not pulumi.runtime.is_dry_run():
+            return self._dynamic(args)
+        if args.typ.startswith("command:remote:") and not self.commands_like_the_engine:
             return super().new_resource(args)
         fingerprint = json.dumps(plain(args.inputs), sort_keys=True, default=str)
         previous = self.state.get((args.typ, args.name))
@@ -73,6 +80,34 @@ class StatefulMocks(RealMocks):
         result = super().new_resource(args)
         self.state[(args.typ, args.name)] = (fingerprint, result)
         return result
+
+    def _dynamic(self, args):
+        previous = self.state.get((args.typ, args.name))
+        if previous is None:
+            result = super().new_resource(args)  # create
+        else:
+            id_, olds = previous[1]
+            news = {k: v for k, v in plain(args.inputs).items() if k != PROVIDER_KEY}
+            provider = self.dynamic_provider(args.inputs)
+            if provider.diff(id_, plain(olds), news).changes:
+                outs = provider.update(id_, plain(olds), news).outs
+                self.log.append({"type": args.typ, "name": args.name, "updated": True})
+                result = id_, {**outs, PROVIDER_KEY: args.inputs[PROVIDER_KEY]}
+            else:
+                result = previous[1]
+        self.state[(args.typ, args.name)] = (None, result)
+        return result
+
+    def refresh(self) -> dict[str, dict]:
+        """`pulumi refresh` of the dynamic resources: each one's read replaces its outputs.
+        Resource name -> its outputs as read."""
+        read = {}
+        for (typ, name), (fingerprint, (id_, outs)) in list(self.state.items()):
+            if typ.startswith(DYNAMIC):
+                result = self.dynamic_provider(outs).read(id_, plain(outs))
+                self.state[(typ, name)] = (fingerprint, (result.id, {**result.outs, PROVIDER_KEY: outs[PROVIDER_KEY]}))
+                read[name] = result.outs
+        return read
 
 
 STATE: dict[str, dict] = {}  # per suite: the engine's state of that suite's stack
