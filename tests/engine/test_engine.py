@@ -1,7 +1,7 @@
 """The real engine: the Pulumi CLI built by scripts/toolchain runs the program against the test host.
 
-`pulumi preview`, `up`, a second `up`, a change, a removal, `stack export`, `destroy`, the policy
-pack and the typed config, with a file backend in a temp dir, passphrase secrets and no network.
+`pulumi preview`, `up`, a second `up`, a change, a removal, drift (`refresh` names it, `up` puts it
+back), `stack export`, `destroy`, the policy pack and the typed config, with a file backend in a temp dir, passphrase secrets and no network.
 The CLI runs inside the test host's network namespace (`ip netns exec`), where the host's sshd
 answers on 127.0.0.1:22, so pulumi-command really reaches it. The tests run in file order and
 share one host and one stack.
@@ -262,7 +262,53 @@ def test_removing_an_instance_runs_its_delete_and_leaves_the_others(host, pulumi
     assert verify_dkim(wait_for(host, "after removal")["data"], deployed["dkimRecords"])
 
 
-# ---- 6. the state keeps no private key in plaintext ----
+# ---- 6. drift: a hand edit, a deleted file and a changed mode, named by refresh, put back by up ----
+
+EDITED = "/etc/postfix-43/main.cf"
+DELETED = "/etc/postfix-45/header_checks"
+OPENED = "/etc/mailfleet/tls/postfix-43.pem"
+before_drift: dict[str, str] = {}  # the managed files as the apply left them
+
+
+def without_mtimes(states: dict[str, str]) -> dict[str, str]:
+    return {path: " ".join(state.split()[:2] + state.split()[3:]) for path, state in states.items()}
+
+
+def test_refresh_names_each_file_that_differs_from_what_mailfleet_installed(host, pulumi, deployed):
+    pulumi("preview", "--refresh", "--expect-no-changes")  # no drift after an apply
+    before_drift.update(file_states(host))
+    host.run(f"echo 'milter_default_action = accept' >> {EDITED}")
+    host.run(f"rm {DELETED}")
+    host.run(f"chmod 644 {OPENED}")
+    preview = pulumi("preview", "--refresh")
+    refresh = pulumi("refresh", "--yes", "--skip-preview")
+    for output in (preview.stdout, refresh.stdout):
+        assert f"mailtest: {EDITED}: content differs from what step postfix-43-config installed" in output, output
+        assert f"mailtest: {DELETED}: deleted; step postfix-45-config installed it" in output, output
+        assert f"mailtest: {OPENED}: mode 0644, step postfix-43-tls installed it as 0600" in output, output
+    assert re.search(r"~ +pulumi-python:dynamic/mailfleet:ManagedFiles +mailtest-managed-files +updated", refresh.stdout)
+    assert "milter_default_action = accept" in host.run(f"cat {EDITED}")[1]  # a refresh changes no file
+    # The refreshed state holds what differs, by path, and no content of any file.
+    diff = pulumi("preview", "--diff").stdout
+    assert "mailtest-managed-files" in diff and "(update)" in diff, diff
+
+
+def test_the_next_up_puts_the_files_back_and_the_one_after_changes_nothing(host, pulumi, deployed):
+    result = pulumi("up", "--yes", "--skip-preview")
+    for step, path in (("postfix-43-config", EDITED), ("postfix-45-config", DELETED), ("postfix-43-tls", OPENED)):
+        assert f"mailtest: ran step {step} again to put back {path}" in result.stdout, result.stdout
+    assert without_mtimes(file_states(host)) == without_mtimes(before_drift)
+    assert host.run("postconf -c /etc/postfix-43 -h milter_default_action")[1].strip() == "tempfail"
+    files, pids = file_states(host), service_pids(host)
+    pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")
+    pulumi("preview", "--refresh", "--expect-no-changes")
+    assert file_states(host) == files and service_pids(host) == pids
+    host.clear_sink()
+    submit(host, INSTANCES[0]["ip"], message("news@example.com", "after the drift repair"))
+    assert verify_dkim(wait_for(host, "after the drift repair")["data"], deployed["dkimRecords"])
+
+
+# ---- 7. the state keeps no private key in plaintext ----
 
 def test_stack_export_holds_no_private_key_in_plaintext(host, pulumi, deployed):
     revealed = pulumi("stack", "export", "--show-secrets").stdout
@@ -276,7 +322,7 @@ def test_stack_export_holds_no_private_key_in_plaintext(host, pulumi, deployed):
     assert bodies and not any(body in exported for body in bodies)
 
 
-# ---- 7. destroy ----
+# ---- 8. destroy ----
 
 def test_destroy_leaves_no_instance_listening_and_no_private_key_on_the_host(host, pulumi, deployed):
     pulumi("destroy", "--yes", "--skip-preview")
@@ -290,7 +336,7 @@ def test_destroy_leaves_no_instance_listening_and_no_private_key_on_the_host(hos
     assert pulumi("stack", "--show-urns").stdout.count("::") <= 1  # only the stack itself remains
 
 
-# ---- 8. the policy pack blocks a bad configuration ----
+# ---- 9. the policy pack blocks a bad configuration ----
 
 def test_policy_pack_blocks_a_milter_default_action_accept(pulumi):
     """No stack config can break a rule today (the program refuses weak DKIM keys itself), so the
@@ -326,7 +372,7 @@ def test_the_production_stack_file_previews_a_vm_and_its_steps(pulumi):
     assert ("command:remote:Command", "postfix-45-config") in creates
 
 
-# ---- 9. a declared config key of the wrong type ----
+# ---- 10. a declared config key of the wrong type ----
 
 def test_a_declared_key_of_the_wrong_type_is_refused_naming_it(pulumi):
     pulumi("stack", "init", "types", "--secrets-provider", "passphrase", stack="types", check=False)
