@@ -70,7 +70,7 @@ class _Provider(pulumi.dynamic.ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         connection = props["connection"]
-        return pulumi.dynamic.CreateResult(f"{connection['host']}:{connection['port']}", self._converge(props))
+        return pulumi.dynamic.CreateResult(f"{connection['host']}:{int(connection['port'])}", self._converge(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         found = self._drift(props["connection"], props["stepNames"])

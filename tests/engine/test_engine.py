@@ -281,7 +281,9 @@ def test_refresh_names_each_file_that_differs_from_what_mailfleet_installed(host
     host.run(f"rm {DELETED}")
     host.run(f"chmod 644 {OPENED}")
     preview = pulumi("preview", "--refresh")
+    started = time.monotonic()
     refresh = pulumi("refresh", "--yes", "--skip-preview")
+    figures["drift: refresh s"] = round(time.monotonic() - started, 1)
     for output in (preview.stdout, refresh.stdout):
         assert f"mailtest: {EDITED}: content differs from what step postfix-43-config installed" in output, output
         assert f"mailtest: {DELETED}: deleted; step postfix-45-config installed it" in output, output
@@ -294,7 +296,9 @@ def test_refresh_names_each_file_that_differs_from_what_mailfleet_installed(host
 
 
 def test_the_next_up_puts_the_files_back_and_the_one_after_changes_nothing(host, pulumi, deployed):
+    started = time.monotonic()
     result = pulumi("up", "--yes", "--skip-preview")
+    figures["drift: repairing up s"] = round(time.monotonic() - started, 1)
     for step, path in (("postfix-43-config", EDITED), ("postfix-45-config", DELETED), ("postfix-43-tls", OPENED)):
         assert f"mailtest: ran step {step} again to put back {path}" in result.stdout, result.stdout
     assert without_mtimes(file_states(host)) == without_mtimes(before_drift)

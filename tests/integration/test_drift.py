@@ -13,8 +13,8 @@ import time
 import pytest
 
 from harness import run_program
-from integration.test_apply import (INSTANCES, RELAY_CLIENT, StatefulMocks, config_for, file_states, message,
-                                    service_pids, submit, verify_dkim, wait_for)
+from integration.test_apply import (INSTANCES, RELAY_CLIENT, StatefulMocks, config_for, figures, file_states,
+                                    message, service_pids, submit, verify_dkim, wait_for)
 from integration.testhost import SUITES, booted
 
 pytestmark = pytest.mark.integration
@@ -24,8 +24,6 @@ HEADER_CHECKS = "/etc/postfix-45/header_checks"  # deleted
 TLS_FILE = "/etc/mailfleet/tls/postfix-47.pem"   # key and certificate: its mode opened up
 RESOURCE = "mailtest-managed-files"
 STATE: dict[str, dict] = {}  # per suite: the engine's state of this module's stack
-
-figures: dict[str, float] = {}
 
 
 def apply(host):
@@ -66,7 +64,7 @@ def test_refresh_names_a_hand_edit_a_deleted_file_and_a_changed_mode(host, deplo
     host.run(f"chmod 644 {TLS_FILE}")
     started = time.monotonic()
     drift = refresh(host)
-    figures[f"{SUITES[host.suite]} refresh s"] = round(time.monotonic() - started, 2)
+    figures[f"{SUITES[host.suite]} drift refresh s"] = round(time.monotonic() - started, 2)
     assert drift == {
         MAIN_CF: "content differs from what step postfix-43-config installed",
         HEADER_CHECKS: "deleted; step postfix-45-config installed it",
@@ -82,7 +80,7 @@ def test_refresh_names_a_hand_edit_a_deleted_file_and_a_changed_mode(host, deplo
 
 def test_the_next_apply_puts_each_file_back(host, deployed, capfd):
     run, mocks, seconds = apply(host)
-    figures[f"{SUITES[host.suite]} repairing apply s"] = round(seconds, 1)
+    figures[f"{SUITES[host.suite]} drift repairing apply s"] = round(seconds, 1)
     assert commands_run(mocks) == []  # no step's script changed: the engine would run none
     assert [e["name"] for e in mocks.log if e.get("updated")] == [RESOURCE]
     printed = capfd.readouterr().err
