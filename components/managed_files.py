@@ -7,7 +7,12 @@ step installed, by path, and its `update` (the next `pulumi up`) runs the steps 
 those files again: they put them back and reload what uses them, as on any apply.
 
 The host keeps what each step installed in /var/lib/mailfleet/checksums (remote_lib.sh), keyed by
-the step's name: checksums, owners and modes, never contents; the state holds only the drift.
+the step's name: checksums, owners and modes, never contents. The outputs are the drift (paths and
+what differs) and the connection (secret); the inputs also carry the steps' scripts to run again,
+the secret ones encrypted as the steps' own stdin is.
+
+Why a dynamic resource and not `triggers` on the steps: a changed `triggers` replaces a
+remote.Command, and a replaced step runs its delete (an instance's stops and destroys it).
 """
 
 from __future__ import annotations
