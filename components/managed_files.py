@@ -38,7 +38,9 @@ from mailfleet import drift, remote_scripts
 @dataclass
 class ManagedFilesArgs:
     host_name: str
+    """The host's name in the config, as the messages name it."""
     connection: remote.ConnectionArgs
+    """The steps' own SSH connection (host, port, user, private key)."""
     steps: Sequence[Step]
     """Every step on the host, in the order they run: the files they record are watched."""
 
