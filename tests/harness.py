@@ -39,6 +39,8 @@ class Registration:
     inputs: dict[str, Any]
     secret_inputs: set[str]
     """Top-level input names whose value, or a part of it, arrived as a secret."""
+    secret_paths: set[str] = field(default_factory=set)
+    """The paths of the parts that arrived as secrets, e.g. "steps[3]"."""
     outputs: dict[str, Any] = field(default_factory=dict)
     additional_secret_outputs: list[str] = field(default_factory=list)
 
@@ -79,6 +81,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 dependencies=list(request.dependencies),
                 inputs=_unwrap(rpc.deserialize_properties(request.object)),
                 secret_inputs={p.split(".")[0].split("[")[0] for p in _secret_paths(raw)},
+                secret_paths=_secret_paths(raw),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
             )
             registration.outputs = self.resources.get(response.urn, (None, None, {}))[2] if request.custom else {}

@@ -149,6 +149,31 @@ def test_key_material_travels_only_as_a_secret(stack, prod, dev):
         assert tls_key in run.monitor.named(f"{name}-tls").inputs["stdin"], name
 
 
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_each_host_has_a_drift_check_over_every_step_on_it(stack, prod, dev):
+    """ManagedFiles: one per host, after every step on it, watching them in the order they run,
+    with their scripts (secret exactly where the step's is) to run again, the connection secret."""
+    run = {"prod": prod, "dev": dev}[stack]
+    commands = {c.name: c for c in run.monitor.of_type(COMMAND)}
+    (check,) = run.monitor.of_type("pulumi-python:dynamic/mailfleet:ManagedFiles")
+    host = next(iter(run.outputs["instances"].values()))["host"]
+    assert check.name == f"{host}-managed-files" and parent(run, check.name) == host
+    names = check.inputs["stepNames"]
+    assert set(names) == set(commands) and deps(run, check.name) >= set(commands)
+    for i, name in enumerate(names):  # an order they can run in: each after the steps it depends on
+        assert deps(run, name) & set(commands) <= set(names[:i]), name
+    for i, name in enumerate(names):
+        assert check.inputs["steps"][i] == commands[name].inputs["stdin"]
+        assert check.inputs["steps"][i].startswith(f"mailfleet_step={name}\n"), name
+        assert (f"steps[{i}]" in check.secret_paths) == ("stdin" in commands[name].secret_inputs), name
+    assert "connection" in check.secret_paths
+    assert check.additional_secret_outputs == ["connection", "steps"]
+    # A step's delete names the step too, so that it forgets the files it recorded.
+    for name, command in commands.items():
+        if command.inputs.get("delete"):
+            assert f"mailfleet_step={name}\n" in command.inputs["delete"], name
+
+
 def test_removing_an_instance_runs_a_delete_that_destroys_it(dev):
     config = dev.monitor.named("postfix-dev1-config").inputs
     assert "postmulti -i postfix-dev1 -e destroy" in config["delete"]
