@@ -34,31 +34,43 @@ is_ours() {
 
 # file_state PATH: "SHA256 OWNER:GROUP MODE PATH" as the file is now, the format of the record.
 file_state() {
-  echo "$(sha256sum <"$1" | cut -d' ' -f1) $(stat -c '%U:%G %a' "$1") $1"
+  local sum
+  read -r sum _ < <(sha256sum <"$1")
+  echo "$sum $(stat -c '%U:%G %a' "$1") $1"
 }
 
-# _rewrite_checksums AWK_PROGRAM [LINE]: keep the record's lines AWK_PROGRAM prints (it sees the
-# path as `rest`), then add LINE. Under a lock: the steps of one host run in parallel.
+# The record is appended to (cheap: put_file records every file on every run), so the last line of
+# a path is the one that counts; rewrites keep only those. Under a lock: a host's steps run in parallel.
+_latest_checksums() {
+  awk '{ rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, "", rest)
+         if (!(rest in last)) order[++n] = rest
+         last[rest] = $0 }
+       END { for (i = 1; i <= n; i++) print last[order[i]] }' "$checksum_list"
+}
+
+# _rewrite_checksums AWK_CONDITION: keep the latest lines for which AWK_CONDITION holds (it sees
+# the path as `rest`).
 _rewrite_checksums() {
-  local program=$1 line=${2:-} tmp
-  mkdir -p "$(dirname "$checksum_list")"
-  (
+  local tmp
+  [ -f "$checksum_list" ] || return 0
+  {
     flock -w 60 8 || fail "timed out waiting for the lock on $checksum_list"
     tmp=$(mktemp "$checksum_list.XXXXXX")
-    if [ -f "$checksum_list" ]; then
-      awk "{ rest = \$0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, \"\", rest) } $program" "$checksum_list" >"$tmp"
-    fi
-    if [ -n "$line" ]; then printf '%s\n' "$line" >>"$tmp"; fi
+    _latest_checksums | awk "{ rest = \$0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, \"\", rest) } $1" >"$tmp"
     chmod 644 "$tmp"
     mv -f "$tmp" "$checksum_list"
-  ) 8>>"$checksum_list.lock"
+  } 8>>"$checksum_list.lock"
 }
 
 # record_file PATH [STEP]: PATH, as it is now, is what STEP (default: this step) installed.
 record_file() {
-  local state
-  state=$(file_state "$1")
-  MAILFLEET_PATH=$1 _rewrite_checksums 'rest != ENVIRON["MAILFLEET_PATH"]' "${2:-$mailfleet_step} $state"
+  local line
+  line="${2:-$mailfleet_step} $(file_state "$1")"
+  [ -d "${checksum_list%/*}" ] || mkdir -p "${checksum_list%/*}"
+  {
+    flock -w 60 8 || fail "timed out waiting for the lock on $checksum_list"
+    printf '%s\n' "$line" >>"$checksum_list"
+  } 8>>"$checksum_list.lock"
 }
 
 # forget_file PATH: mailfleet no longer installs PATH.
@@ -69,7 +81,8 @@ forget_file() {
 # recorded PATH: PATH's line in the record ("STEP SHA256 OWNER:GROUP MODE PATH"), if any.
 recorded() {
   [ -f "$checksum_list" ] || return 0
-  MAILFLEET_PATH=$1 awk '{ rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, "", rest) } rest == ENVIRON["MAILFLEET_PATH"]' "$checksum_list"
+  _latest_checksums | MAILFLEET_PATH=$1 awk '{ rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /, "", rest) }
+                                              rest == ENVIRON["MAILFLEET_PATH"]'
 }
 
 # follow_edit PATH COMMAND...: run COMMAND, which rewrites a part of PATH itself (postmulti create
@@ -93,7 +106,7 @@ report_checksums() {
   while read -r step sum owner mode path; do
     echo "recorded $step $sum $owner $mode $path"
     if [ -f "$path" ]; then echo "found $(file_state "$path")"; else echo "found - - - $path"; fi
-  done <"$checksum_list"
+  done < <(_latest_checksums)
 }
 
 # put_file PATH OWNER:GROUP MODE < content
