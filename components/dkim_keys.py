@@ -21,7 +21,7 @@ class DkimKeys(pulumi.ComponentResource):
         self.private_keys, self.public_keys = {}, {}
         for key in keys:
             # Changing `bits` or `algorithm` replaces the key, and so the published record: rotate
-            # with a new selector instead (README, "Rotate a DKIM key"). pulumi-tls writes an
+            # with a new selector instead (docs/day2.md, "Rotate a DKIM key"). pulumi-tls writes an
             # Ed25519 key as PKCS#8 PEM, which the signer reads.
             if key.algorithm == "ed25519":
                 algorithm = {"algorithm": "ED25519"}
