@@ -35,7 +35,7 @@ from components.remote_step import Step
 from mailfleet import drift, remote_scripts
 
 
-@dataclass
+@dataclass(frozen=True)
 class ManagedFilesArgs:
     host_name: str
     """The host's name in the config, as the messages name it."""
