@@ -58,8 +58,9 @@ class ManagedFiles(pulumi.dynamic.Resource, module="mailfleet", name="ManagedFil
                                                 "user": connection.user, "privateKey": connection.private_key}),
             "stepNames": [step.name for step in args.steps],
             # The scripts (secret where the step's is) are what `update` runs again; they stay out of
-            # the outputs.
-            "steps": [step.script for step in args.steps],
+            # the outputs, and the library, two thirds of each, out of the state.
+            "steps": [pulumi.Output.from_input(step.script).apply(remote_scripts.without_library)
+                      for step in args.steps],
             "drift": None,
         }
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
@@ -110,7 +111,7 @@ class _Provider(pulumi.dynamic.ResourceProvider):
                 if name not in owners:
                     continue
                 paths = ", ".join(d.path for d in found if d.step == name)
-                status, out, err = self._run(connection, script)
+                status, out, err = self._run(connection, remote_scripts.with_library(script))
                 if status != 0:
                     raise RuntimeError(f"step {name} failed while putting back {paths}:\n{out}{err}")
                 _say(f"{props['host']}: ran step {name} again to put back {paths}")

@@ -79,6 +79,18 @@ def for_step(step: str, script: str) -> str:
     return f"mailfleet_step={shlex.quote(step)}\n{script}"
 
 
+def without_library(script: str) -> str:
+    """A step's script (for_step) less the library, which is the bulk of it: the drift check keeps
+    the scripts it may run again in its state in this form."""
+    return script.replace(f"\n{LIBRARY}\n", "\n", 1)
+
+
+def with_library(script: str) -> str:
+    """without_library undone: the script as its step runs it."""
+    first, rest = script.split("\n", 1)
+    return f"{first}\n{LIBRARY}\n{rest}"
+
+
 def checksum_report() -> str:
     """Prints the record of installed files and each file as it is now (mailfleet/drift.py reads it)."""
     return f"{LIBRARY}\nreport_checksums\n"

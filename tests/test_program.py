@@ -10,7 +10,7 @@ import yaml
 import harness
 import test_config
 from harness import REPO, run_program, stack_config
-from mailfleet import dns_records
+from mailfleet import dns_records, remote_scripts
 from shape_mocks import ShapeMocks
 from certs import self_signed
 from keys import openssh_private_key
@@ -163,8 +163,8 @@ def test_each_host_has_a_drift_check_over_every_step_on_it(stack, prod, dev):
     for i, name in enumerate(names):  # an order they can run in: each after the steps it depends on
         assert deps(run, name) & set(commands) <= set(names[:i]), name
     for i, name in enumerate(names):
-        assert check.inputs["steps"][i] == commands[name].inputs["stdin"]
-        assert check.inputs["steps"][i].startswith(f"mailfleet_step={name}\n"), name
+        assert remote_scripts.with_library(check.inputs["steps"][i]) == commands[name].inputs["stdin"], name
+        assert remote_scripts.LIBRARY not in check.inputs["steps"][i], name
         assert (f"steps[{i}]" in check.secret_paths) == ("stdin" in commands[name].secret_inputs), name
     assert "connection" in check.secret_paths
     assert check.additional_secret_outputs == ["connection", "steps"]
