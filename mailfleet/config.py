@@ -784,8 +784,9 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
                                        "so they are VMs to create")
     existing_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is not None]
     if existing_hosts and values.get("sshPrivateKey") is None:
-        yield f"{NAMESPACE}:sshPrivateKey", (f"is required to reach existing host(s) {', '.join(existing_hosts)} "
-                                             "(pulumi config set --secret mailfleet:sshPrivateKey < key)")
+        yield f"{NAMESPACE}:sshPrivateKey", (
+            f"is not set; it is required to reach existing host(s) {', '.join(existing_hosts)} "
+            "(set it: pulumi config set --secret mailfleet:sshPrivateKey < KEYFILE)")
 
     dkim_domains: list[str] = []
     seen_keys: set[tuple[str, str]] = set()
@@ -872,9 +873,12 @@ def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list
 def fleet_warnings(fleet: Fleet) -> list[str]:
     """What is allowed but probably wrong, for the program to print (pulumi.log.warn)."""
     warnings = []
+    # A fleet on loopback addresses only is a demo or test host (scripts/run local): no receiver
+    # ever sees it, so there is no public address to name. One loopback among real ones is a slip.
+    loopback_only = all(ipaddress.IPv4Address(instance.ip).is_loopback for _, instance in fleet.instances)
     for h, host in enumerate(fleet.hosts):
         for i, instance in enumerate(host.instances):
-            if instance.public_ip is None and is_private(instance.ip):
+            if instance.public_ip is None and is_private(instance.ip) and not loopback_only:
                 kind = "a loopback (test)" if ipaddress.IPv4Address(instance.ip).is_loopback else "a private"
                 warnings.append(
                     f"{NAMESPACE}:hosts[{h}].instances[{i}]: instance {instance.name} sends from {kind} address "
