@@ -52,6 +52,9 @@ def plaintext_secrets(stack_file: dict) -> list[str]:
 
 
 def main(paths: list[str]) -> int:
+    if paths and paths[0] in ("-h", "--help"):
+        print("usage: check_stack_file.py Pulumi.<stack>.yaml [...]\n\n" + __doc__.split("\n\n", 2)[2])
+        return 0
     if not paths:
         print("usage: check_stack_file.py Pulumi.<stack>.yaml [...]", file=sys.stderr)
         return 2
