@@ -55,9 +55,10 @@ class Project:
         (root / "state").mkdir()
         self.log = root / "commands.log"
 
-    def run(self, *command: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    def run(self, *command: str, check: bool = True, timeout: int = 1200, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
         started = time.monotonic()
-        result = subprocess.run(command, cwd=self.dir, env=self.env, capture_output=True, text=True,
+        result = subprocess.run(command, cwd=self.dir, env={**self.env, **(env or {})}, capture_output=True, text=True,
                                 timeout=timeout, stdin=subprocess.DEVNULL)
         took = round(time.monotonic() - started, 1)
         key = " ".join(command[:4])
@@ -213,6 +214,28 @@ def test_scripts_run_local_again_keeps_every_change(project, state):
     assert sorted(i["ip"] for i in outputs["instances"].values()) == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
     data = project.send("127.0.0.13")
     assert selector_of(data) == "local2" and verify_dkim(data, state["records"])
+
+
+def test_a_new_host_after_a_reboot_gets_the_stack_again_with_its_keys(project, state):
+    # What a reboot of this machine does to the local host: gone, with everything on it.
+    project("venv/bin/python", "tools/local_host.py", "stop")
+    output = project("scripts/run", "local")
+    assert "the local host is new" in output, output
+    assert warnings_in(output) == []
+    assert project.outputs()["dkimRecords"] == state["records"]
+    data = project.send("127.0.0.11")
+    assert selector_of(data) == "local2" and verify_dkim(data, state["records"])
+
+
+# ---- a first preview before the secrets are set ----
+
+def test_an_unset_secret_is_named_with_the_command_that_sets_it(project):
+    result = project.run("scripts/run", "dev", check=False, env={"PULUMI_CONFIG_PASSPHRASE": "test"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "mailfleet:sshPrivateKey: is not set" in output, output
+    assert "pulumi config set --secret mailfleet:sshPrivateKey < KEYFILE" in output
+    assert "bad value" not in output
 
 
 # ---- and the end ----
