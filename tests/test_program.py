@@ -283,3 +283,10 @@ def test_the_example_stacks_run_without_a_warning(caplog, stack):
     with caplog.at_level(logging.WARNING):
         run_stack(stack)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_documentation_shows_the_example_stack_files_as_they_are(stack):
+    text = (REPO / f"Pulumi.{stack}.yaml").read_text()
+    documents = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert any(f"```yaml\n{text}```" in document.read_text() for document in documents)
