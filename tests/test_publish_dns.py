@@ -579,7 +579,7 @@ def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
 
     stack_file = tmp_path / "Pulumi.prod.yaml"
     stack_file.write_text(readme_stack("`Pulumi.prod.yaml`: a VM"))
-    assert "example.com" in yaml.safe_load(stack_file.read_text())["config"]["mailfleet:dkim"][0]["domain"]
+    assert "ecrm.com.tw" in yaml.safe_load(stack_file.read_text())["config"]["mailfleet:dkim"][0]["domain"]
     config, secret_keys = harness.stack_config(stack_file, {"mailfleet:sshPrivateKey": openssh_private_key()})
     run = harness.run_program(config, ShapeMocks(), secret_keys=secret_keys, stack="prod")
     (tmp_path / "outputs.json").write_text(json.dumps(run.outputs))
@@ -596,8 +596,8 @@ def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
     lines = (tmp_path / "update.txt").read_text().splitlines()
     adds = [line for line in lines if line.startswith("update add ")]
     assert len(adds) >= 6 and lines[-1] == "send", lines
-    assert {"update add example.com. 3600 TXT \"v=spf1 ip4:198.51.100.43 ip4:198.51.100.45 -all\"",
-            "update add s43.mail.example.com. 3600 A 198.51.100.43"} <= set(lines)
+    assert {"update add tt5.ecrm.com.tw. 3600 TXT \"v=spf1 ip4:203.0.113.43 ip4:203.0.113.45 -all\"",
+            "update add s43.11.ecrm.com.tw. 3600 A 203.0.113.43"} <= set(lines)
 
 
 def test_the_tool_needs_only_what_requirements_txt_installs(tmp_path):

@@ -32,7 +32,9 @@ def validator():
 def readme_stacks() -> list[dict]:
     readme = (REPO / "README.md").read_text()
     blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
-    return [yaml.safe_load(block) for block in blocks if block.startswith("config:")]
+    # A whole stack file: its first line that is not a comment is `config:`.
+    return [yaml.safe_load(block) for block in blocks
+            if next((line for line in block.splitlines() if not line.startswith("#")), "") == "config:"]
 
 
 def problems(validator, document) -> list[str]:
