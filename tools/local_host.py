@@ -1,6 +1,7 @@
 """A throwaway local mail host for `scripts/run local`: the test host recipe, kept running.
 
-usage: local_host.py start IP...   boot it in the background (daemon), print its state as JSON
+usage: local_host.py start IP...   boot it in the background (daemon) unless it runs, print its state
+                                   as JSON ("new": whether it was booted now)
        local_host.py stop          shut it down and delete it
        local_host.py send IP FROM  send a test message through one instance, wait for it at the sink,
                                    print what arrived (DKIM-Signature included)
@@ -70,10 +71,12 @@ def serve(ips: list[str]) -> None:
 
 
 def start(ips: list[str]) -> None:
+    """Print the host's state as JSON, with "new": whether this call booted it."""
     current = state()
     if current and alive(current["pid"]):
-        print(json.dumps(current, indent=2))
+        print(json.dumps({**current, "new": False}, indent=2))
         return
+    print("booting the local host (the first time builds its image: a few minutes)...", file=sys.stderr)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     STATE.unlink(missing_ok=True)
     with open(LOG, "ab") as log:
@@ -85,7 +88,7 @@ def start(ips: list[str]) -> None:
         if daemon.poll() is not None or time.monotonic() > deadline:
             sys.exit(f"the local host did not start; see {LOG}:\n" + LOG.read_text(errors="replace")[-3000:])
         time.sleep(1)
-    print(STATE.read_text())
+    print(json.dumps({**json.loads(STATE.read_text()), "new": True}, indent=2))
 
 
 def stop() -> None:
