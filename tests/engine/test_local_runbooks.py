@@ -128,6 +128,15 @@ def test_quick_start_deploys_three_instances_without_a_warning_and_mail_arrives_
     assert selector_of(data) == "local1" and verify_dkim(data, outputs["dkimRecords"])
 
 
+def test_a_refused_test_message_is_one_line_with_the_smtp_reply(project):
+    refused = project.run("scripts/run", "local", "--send", "127.0.0.11", "news@example.org", check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert re.fullmatch(r"not sent: 127\.0\.0\.11 answered 550 5\.7\.1 .*\n", refused.stderr), refused.stderr
+    nobody = project.run("scripts/run", "local", "--send", "127.0.0.19", check=False)
+    assert nobody.returncode == 1
+    assert nobody.stderr.startswith("not sent: nothing listens on 127.0.0.19:25") and nobody.stderr.count("\n") == 1
+
+
 # ---- Day 2: add an IP ----
 
 def edit_stack_file(project: Project, old: str, new: str):
@@ -225,6 +234,19 @@ def test_a_new_host_after_a_reboot_gets_the_stack_again_with_its_keys(project, s
     assert project.outputs()["dkimRecords"] == state["records"]
     data = project.send("127.0.0.11")
     assert selector_of(data) == "local2" and verify_dkim(data, state["records"])
+
+
+def test_reset_puts_the_demo_stack_back(project):
+    output = project("scripts/run", "local", "--reset")
+    assert "putting Pulumi.local.yaml back" in output
+    assert warnings_in(output) == []
+    config = yaml.safe_load(project.stack_file.read_text())["config"]
+    assert "secure" in config.pop("mailfleet:sshPrivateKey")  # the host's key, set again
+    assert config == yaml.safe_load(project("venv/bin/python", "tools/local_host.py", "stack-file"))["config"]
+    records = project.outputs()["dkimRecords"]
+    assert set(records) == {"local1._domainkey.example.com"}
+    data = project.send("127.0.0.11")
+    assert selector_of(data) == "local1" and verify_dkim(data, records)
 
 
 # ---- a first preview before the secrets are set ----
