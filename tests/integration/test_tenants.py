@@ -34,6 +34,9 @@ DOMAINS = {"example.com": "s1", "example.net": "s2"}
 RELAY_CLIENT = "198.51.100.7"  # inside relayNetworks
 TENANT_CLIENT = "203.0.113.10"  # outside mynetworks: a tenant's application server
 GUESSER = "203.0.113.66"  # outside mynetworks: someone guessing passwords
+# One fresh address per expected refusal: Dovecot answers an address that failed before later and
+# later (its auth penalty), and past Postfix's patience the answer is a 454, not a 535.
+FRESH = ["203.0.113.20", "203.0.113.21", "203.0.113.22"]
 PASSWORDS = {"alice": "alice-first-password-0001", "bob": "bob-password-is-long-enough",
              "alice-rotated": "alice-second-password-0002", "carol": "carol-has-a-password-too"}
 ALICE = {"name": "alice", "password": PASSWORDS["alice"], "domains": ["example.com"], "instances": ["postfix-43"]}
@@ -66,7 +69,7 @@ def apply(host: TestHost, config: dict[str, str]):
 
 @pytest.fixture(scope="module")
 def host(suite):
-    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT, TENANT_CLIENT, GUESSER], suite=suite) as test_host:
+    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT, TENANT_CLIENT, GUESSER, *FRESH], suite=suite) as test_host:
         yield test_host
     print(f"\nfigures: {json.dumps(figures)}")
 
@@ -86,12 +89,13 @@ def no_verify() -> ssl.SSLContext:
 
 
 def session(host: TestHost, ip: str, port: int, source: str = TENANT_CLIENT) -> smtplib.SMTP:
-    """An SMTP session on 587 (after STARTTLS) or 465 (TLS from the start), EHLO sent."""
+    """An SMTP session on 587 (after STARTTLS) or 465 (TLS from the start), EHLO sent. Patient:
+    after failed logins Dovecot answers that address later and later (auth penalty, up to 15 s)."""
     if port == 465:
-        client = host.smtp(ip, port=465, source=source, implicit_tls=True, ssl_context=no_verify())
+        client = host.smtp(ip, port=465, source=source, implicit_tls=True, ssl_context=no_verify(), timeout=40)
         client.ehlo("app.example")
     else:
-        client = host.smtp(ip, port=port, source=source)
+        client = host.smtp(ip, port=port, source=source, timeout=40)
         client.ehlo("app.example")
         client.starttls(context=no_verify())
         client.ehlo("app.example")
@@ -227,7 +231,10 @@ def test_a_wrong_password_gets_535_and_repeated_attempts_hit_the_rate_limit(host
     figures[f"{SUITES[host.suite]} {len(threads)} parallel guesses s"] = round(time.monotonic() - started, 1)
     limited = [code for code, reply in replies if b"too many AUTH commands" in reply]
     assert limited and set(limited) == {450}, replies
-    assert len(limited) >= 5 and all(code in (535, 450) for code, _ in replies), replies
+    # The others: 535, or 454 when Postfix gave up waiting for Dovecot's penalised answer.
+    assert len(limited) >= 5 and all(code in (535, 450, 454) for code, _ in replies), replies
+    figures[f"{SUITES[host.suite]} guess replies"] = {str(c): sum(1 for code, _ in replies if code == c)
+                                                     for c in sorted({code for code, _ in replies})}
     # Meanwhile the guesser's address is refused even with the right password; the tenant's own
     # address is not concerned.
     with session(host, ip_of("postfix-43"), 587, source=GUESSER) as client:
@@ -326,10 +333,10 @@ def test_adding_changing_and_removing_tenants_with_mail_queued_loses_nothing(hos
         passwd = host.run("cat /etc/dovecot/mailfleet/*.passwd")[1]
         assert "bob:" not in passwd and "carol:" in passwd  # bob's credentials are gone
 
-        with session(host, ip_of("postfix-43"), 587) as client:
+        with session(host, ip_of("postfix-43"), 587, source=FRESH[0]) as client:
             assert auth_plain(client, "alice", PASSWORDS["alice"])[0] == 535  # the old password
-        for instance in ("postfix-43", "postfix-45"):
-            with session(host, ip_of(instance), 465) as client:
+        for instance, source in (("postfix-43", FRESH[1]), ("postfix-45", FRESH[2])):
+            with session(host, ip_of(instance), 465, source=source) as client:
                 assert auth_plain(client, "bob", PASSWORDS["bob"])[0] == 535, instance
         send_as_tenant(host, ip_of("postfix-43"), 587, "alice", PASSWORDS["alice-rotated"], "news@example.com",
                        "after rotation alice")
@@ -363,7 +370,7 @@ def test_relay_networks_keep_working_and_an_empty_list_leaves_only_tenants(host,
                 client.ehlo("client.example")
             client.mail("news@example.com")
             code, reply = client.rcpt("someone@example.org")
-        assert code == 554 and b"Relay access denied" in reply, (port, code, reply)
+        assert code == 554 and (b"Relay access denied" if port == 25 else b"Access denied") in reply, (port, code, reply)
     send_as_tenant(host, ip_of("postfix-43"), 587, "alice", PASSWORDS["alice-rotated"], "news@example.com",
                    "tenant without relay networks")
     assert wait_for(host, "tenant without relay networks")["peer"] == ip_of("postfix-43")
