@@ -51,12 +51,13 @@ class MailHost(pulumi.ComponentResource):
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
         signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, signer_binary, connection, ssh_user,
                             depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
-        # Secret when it carries tenants' password hashes. Before the instances, whose 587 and 465
-        # ask its Dovecot; deleted after them.
+        # Secret when it carries tenants' password hashes. After the default instance (postmap reads
+        # /etc/postfix/main.cf) and before the instances, whose 587 and 465 ask its Dovecot; deleted
+        # after them.
         tenants = remote_step(f"{host.name}-tenants", connection, ssh_user,
                               remote_scripts.tenant_credentials(fleet, host), secret=bool(fleet.tenants),
                               delete_script=remote_scripts.tenant_credentials_delete(),
-                              parent=self, depends_on=[packages])
+                              parent=self, depends_on=[default_instance])
         self.instances = {
             instance.name: PostfixInstance(
                 fleet, instance, tls_bundles[instance.name], connection, ssh_user,
