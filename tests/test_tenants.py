@@ -154,7 +154,7 @@ def test_no_clear_password_reaches_a_plain_input_an_output_or_a_script():
     assert "{ARGON2ID}" in step.inputs["stdin"] and PASSWORD not in step.inputs["stdin"]
     # postmap reads /etc/postfix/main.cf; the instances' 587 and 465 ask Dovecot.
     assert any(urn.endswith("::mx1-postfix-default") for urn in step.dependencies)
-    assert any(urn.endswith("::mx1-tenants") for urn in run.monitor.named("postfix-47-tls").dependencies)
+    assert any(urn.endswith("::mx1-tenants") for urn in run.monitor.named("postfix-43-tls").dependencies)
     fleet = with_tenants(ALICE, BOB)
     for name, script in rendered_steps(fleet).items():
         assert PASSWORD not in script and OTHER not in script, name
