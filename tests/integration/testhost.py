@@ -8,8 +8,9 @@ loopback interface. The namespace's `lo` carries 127.0.0.1, every requested inst
 Nothing can leave the namespace: it has no other interface.
 
 The root filesystem is built once per suite with debootstrap from the Debian mirror apt already
-uses on this machine for bookworm (the same URI serves trixie), with postfix/opendkim/opendkim-tools/dovecot-core downloaded (not installed) into its apt
-cache, so the program under test can `apt-get install` them with no network. It is cached as
+uses on this machine for bookworm (the same URI serves trixie), with the mail packages
+(MAIL_PACKAGES: postfix, opendkim, opendkim-tools, dovecot-core) downloaded, not installed, into its
+apt cache, so the program under test can `apt-get install` them with no network. It is cached as
 a tarball per suite (SUITE-vIMAGE_VERSION) and every TestHost boots a fresh copy of it.
 
 The test process itself stays in the host namespace. `connect()` opens sockets inside the
