@@ -137,8 +137,8 @@ def signer_files(fleet: Fleet) -> dict[str, str]:
     }
 
 
-# Tenants: Dovecot's auth service is the SASL backend of every instance on a host (Postfix's
-# SASL_README recommends it for a server without Cyrus SASL: a socket, one passwd-file per instance).
+# Tenants: Dovecot's auth service is the SASL backend of every instance on a host (the alternative to
+# the Cyrus SASL library in Postfix's SASL_README: a socket, one passwd-file per instance, hashes).
 # The socket is outside every chroot, like the signer's: smtpd runs unchrooted (master.cf).
 DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
 DOVECOT_VERSIONS = ("2.3", "2.4")  # Debian 12 has 2.3, Debian 13 2.4, whose configuration differs
