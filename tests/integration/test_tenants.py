@@ -374,3 +374,33 @@ def test_relay_networks_keep_working_and_an_empty_list_leaves_only_tenants(host,
     send_as_tenant(host, ip_of("postfix-43"), 587, "alice", PASSWORDS["alice-rotated"], "news@example.com",
                    "tenant without relay networks")
     assert wait_for(host, "tenant without relay networks")["peer"] == ip_of("postfix-43")
+
+
+# ---- 8. no tenants left, then destroy ----
+
+def test_without_tenants_dovecot_stops_587_serves_relay_networks_only_and_destroy_leaves_no_credential(host, deployed):
+    _, mocks, _ = apply(host, config_for(host, tenants=[]))
+    output = step_output(mocks)
+    assert "removed /etc/dovecot/mailfleet: no tenants" in output
+    assert "stopped and disabled dovecot: no tenants" in output
+    assert host.run("systemctl is-active dovecot", check=False)[1].strip() == "inactive"
+    assert host.run("systemctl is-enabled dovecot", check=False)[1].strip() == "disabled"
+    assert host.run("test -e /etc/dovecot/mailfleet", check=False)[0] != 0
+    for port in (587, 465):  # an outsider is turned away at the greeting again, as before tenants
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            host.smtp(ip_of("postfix-43"), port=port, source=TENANT_CLIENT, implicit_tls=port == 465,
+                      ssl_context=no_verify())
+        assert refused.value.smtp_code == 554, (port, refused.value)
+    with host.smtp(ip_of("postfix-43"), port=587, source=RELAY_CLIENT) as client:
+        client.ehlo("client.example")
+        client.starttls(context=no_verify())
+        client.ehlo("client.example")
+        assert not client.has_extn("auth")
+        host.clear_sink()
+        client.send_message(message("news@example.com", "relay network on 587 without tenants"))
+    assert wait_for(host, "relay network on 587 without tenants")["peer"] == ip_of("postfix-43")
+    # Destroy runs the step's delete (after every instance's): no credential or sender map stays.
+    step = mocks.commands["mailtest-tenants"]
+    rc, out, err = mocks.run_remote(step["connection"], step["delete"])
+    assert rc == 0, err
+    assert host.run("ls /etc/mailfleet/tenant_senders* /etc/dovecot/mailfleet", check=False)[0] != 0
