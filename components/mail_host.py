@@ -1,8 +1,9 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance and the DKIM signer -> one PostfixInstance per
-IP, and last ManagedFiles, which watches what all of them installed for drift. A host without an
-address is first created as a vSphere VM (VsphereVm, a child).
+preflight -> packages -> default Postfix instance, the DKIM signer and the tenants' credentials
+(Dovecot) -> one PostfixInstance per IP, and last ManagedFiles, which watches what all of them
+installed for drift. A host without an address is first created as a vSphere VM (VsphereVm, a
+child).
 """
 
 from __future__ import annotations
@@ -73,11 +74,18 @@ class MailHost(pulumi.ComponentResource):
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
         signer = DkimSigner(f"{name}-opendkim", fleet, args.dkim_private_keys, args.signer_binary, connection,
                             ssh_user, depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
+        # Secret when it carries tenants' password hashes. After the default instance (postmap reads
+        # /etc/postfix/main.cf) and before the instances, whose 587 and 465 ask its Dovecot; deleted
+        # after them.
+        tenants = remote_step(f"{name}-tenants", connection, ssh_user,
+                              remote_scripts.tenant_credentials(fleet, host), secret=bool(fleet.tenants),
+                              delete_script=remote_scripts.tenant_credentials_delete(),
+                              parent=self, depends_on=[default_instance])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
                 tls_bundle=args.tls_bundles[instance.name], connection=connection, ssh_user=ssh_user,
-                after=[default_instance, signer.ready]), opts=pulumi.ResourceOptions(parent=self))
+                after=[default_instance, signer.ready, tenants]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(

@@ -13,10 +13,12 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
     steps = {"packages": remote_scripts.packages(),
              "dkim-keys": remote_scripts.dkim_keys({key: FAKE_PEM for key in fleet.dkim}),
              "dkim-keys-delete": remote_scripts.dkim_keys_delete(),
+             "tenants-delete": remote_scripts.tenant_credentials_delete(),
              "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64)}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
+        steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)
