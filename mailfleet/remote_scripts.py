@@ -86,6 +86,13 @@ def preflight(host: Host) -> str:
     return _script("preflight", host=host)
 
 
+def network(host: Host) -> str:
+    """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
+    removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
+    addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
+    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host))
+
+
 def packages() -> str:
     """Install Postfix and OpenDKIM (whose account, key layout and tools the signer uses) when
     missing; touch nothing when they are there."""

@@ -16,6 +16,8 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64)}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
+        if not host.existing:
+            steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
