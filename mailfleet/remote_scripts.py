@@ -24,6 +24,9 @@ _EOF = "MAILFLEET_EOF"
 PACKAGES = ("postfix", "opendkim", "opendkim-tools")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
+# A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
+# goes when the last instance on it is retired.
+VM_ADDRESSES = "/var/lib/mailfleet/vm-addresses"
 
 
 def _put(path: str, owner: str, mode: str, content: str) -> str:
@@ -90,7 +93,8 @@ def network(host: Host) -> str:
     """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
     removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
     addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
-    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host))
+    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
+                   wanted_file=VM_ADDRESSES)
 
 
 def packages() -> str:
@@ -158,4 +162,5 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds,
+                   ip=instance.ip, wanted_file=VM_ADDRESSES)

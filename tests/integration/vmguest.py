@@ -3,7 +3,7 @@ booted with the guestinfo that the program gives vSphere.
 
 `VmGuest(...).start()` makes the network namespace (as TestHost does) with one more interface in it,
 `interface` (e.g. ens192): one end of a veth pair whose other end, in a small "gateway" namespace of
-its own, carries the gateway address. Nothing is configured on `interface`: the guest's cloud-init
+its own, carries the gateway and the nameserver addresses. Nothing is configured on `interface`: the guest's cloud-init
 must do that. `power_on(extra_config)` then boots the image with the VirtualMachine's `extraConfig`
 handed to cloud-init's VMware datasource through its container transport: each `guestinfo.KEY`
 becomes the environment variable `VMX_GUESTINFO_KEY` (dots to underscores, upper case; cloud-init's
@@ -124,9 +124,11 @@ class VmGuest(TestHost):
 
     __test__ = False
 
-    def __init__(self, interface: str, prefix_length: int, gateway: str, lo_ips=(), suite=testhost.SUITE):
+    def __init__(self, interface: str, prefix_length: int, gateway: str, nameservers=(), lo_ips=(),
+                 suite=testhost.SUITE):
         super().__init__(ips=lo_ips, suite=suite)
         self.interface, self.prefix_length, self.gateway = interface, prefix_length, gateway
+        self.nameservers = list(nameservers)
         self.extra_config: dict[str, str] | None = None
         self.gateway_netns = None
         self.boots: list[float] = []  # seconds from power-on to SSH, per boot
@@ -142,6 +144,10 @@ class VmGuest(TestHost):
         _run(["ip", "-n", self.netns, "link", "add", self.interface, "type", "veth", "peer", "name", "gw0",
               "netns", name], timeout=30)
         _run(["ip", "-n", name, "addr", "add", f"{self.gateway}/{self.prefix_length}", "dev", "gw0"], timeout=30)
+        # The nameservers answer "port unreachable" at once: a lookup (smtpd's of its client) fails
+        # fast instead of waiting out resolved's timeouts for servers that are not there.
+        for nameserver in self.nameservers:
+            _run(["ip", "-n", name, "addr", "add", f"{nameserver}/32", "dev", "gw0"], timeout=30)
         _run(["ip", "-n", name, "link", "set", "gw0", "up"], timeout=30)
         _run(["ip", "-n", name, "link", "set", "lo", "up"], timeout=30)
 
@@ -157,6 +163,15 @@ class VmGuest(TestHost):
         self._wait_for_banner(self._nspawn, 22, b"SSH-", "console.log", timeout=180)
         self.run("true")
         self.boots.append(round(time.monotonic() - started, 1))
+
+    def _halt_container(self):
+        code = super()._halt_container()
+        # A VM's NIC starts blank at power-on; the namespace (and so the interface) outlives the
+        # container, so clear what the last boot configured on it.
+        if self.netns:
+            _run(["ip", "-n", self.netns, "link", "set", self.interface, "down"], timeout=30)
+            _run(["ip", "-n", self.netns, "addr", "flush", "dev", self.interface], timeout=30)
+        return code
 
     def power_on(self, extra_config: dict[str, str]):
         self.extra_config = dict(extra_config)
