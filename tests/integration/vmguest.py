@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import paramiko
+
 from integration import testhost
 from integration.testhost import NSPAWN, TAR, TestHost, TestHostUnavailable, _run, _write
 
@@ -161,7 +163,18 @@ class VmGuest(TestHost):
                                     f"--machine={self.netns}", "--resolv-conf=off",
                                     "-D", self.rootfs], "console.log")
         self._wait_for_banner(self._nspawn, 22, b"SSH-", "console.log", timeout=180)
-        self.run("true")
+        # cloud-init's ssh module makes new host keys and restarts sshd on a new instance, maybe
+        # just as the first login comes in.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.run("true")
+                break
+            except (OSError, EOFError, paramiko.SSHException):
+                self._close_ssh()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         self.boots.append(round(time.monotonic() - started, 1))
 
     def _halt_container(self):
