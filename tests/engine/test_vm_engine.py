@@ -19,7 +19,7 @@ import pytest
 from engine.test_engine import Pulumi, build_toolchain, copy_project, figures
 from integration.test_apply import message, submit, verify_dkim, wait_for
 from integration.test_vm_guest import (FIRST, GATEWAY, INTERFACE, NAMESERVERS, PREFIX, RELAY_CLIENT, SECOND, VM,
-                                       addresses, cloud_init_warnings, config_for)
+                                       addresses, cloud_init_warnings, fleet_config)
 from integration.testhost import TestHostUnavailable, skip_or_fail
 from integration.vmguest import VmGuest
 
@@ -65,17 +65,20 @@ def pulumi(guest, tmp_path_factory, signer_binary) -> Pulumi:
     cli.env[GUESTS] = str(directory)
     cli("login", f"file://{cli.project.parent / 'state'}")
     cli("stack", "init", STACK, "--secrets-provider", "passphrase")
-    config = {key: json.loads(value) if value[:1] in "[{" else value
-              for key, value in config_for([FIRST, SECOND]).items()}
-    cli.write_config(config, stack=STACK)
+    cli.write_config(fleet_config([FIRST, SECOND]), stack=STACK)
     return cli
 
 
 def test_up_creates_the_vm_through_cloud_init_and_deploys_on_it(guest, pulumi):
     test_guest, _ = guest
     started = time.monotonic()
-    pulumi("up", "--yes", "--skip-preview", stack=STACK)
+    result = pulumi("up", "--yes", "--skip-preview", stack=STACK, check=False)
     figures["vm: pulumi up s"] = round(time.monotonic() - started, 1)
+    if result.returncode != 0:
+        seen = test_guest.run("ip -4 addr; cloud-init status --long; systemctl --failed --no-legend",
+                              check=False)[1] if test_guest.extra_config else "the guest was never powered on"
+        pytest.fail(f"pulumi up failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}\nguest:\n{seen}\n"
+                    f"{test_guest.console_log()[-2000:] if test_guest.workdir else ''}")
     outputs = json.loads(pulumi("stack", "output", "--json", "--show-secrets", stack=STACK).stdout)
     assert test_guest.run("cloud-init status --long", check=False)[0] == 0
     assert cloud_init_warnings(test_guest) == []

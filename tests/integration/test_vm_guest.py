@@ -46,8 +46,9 @@ VSPHERE = {"datacenter": "DC1", "cluster": "Cluster1", "datastore": "datastore1"
 figures: dict[str, float] = {}
 
 
-def config_for(instances, interface=INTERFACE) -> dict[str, str]:
-    config = {
+def fleet_config(instances, interface=INTERFACE) -> dict:
+    """The stack config of one VM, as YAML would hold it."""
+    return {
         "mailfleet:vsphere": VSPHERE,
         "mailfleet:hosts": [{"name": VM, "instances": instances, "network": {
             "interface": interface, "prefixLength": PREFIX, "gateway": GATEWAY, "nameservers": NAMESERVERS}}],
@@ -56,7 +57,11 @@ def config_for(instances, interface=INTERFACE) -> dict[str, str]:
         "mailfleet:relayhost": SINK,
         "mailfleet:mailName": "WebMAX",
     }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+
+
+def config_for(instances, interface=INTERFACE) -> dict[str, str]:
+    """The same as the SDK's mocks take it: structured values as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fleet_config(instances, interface).items()}
 
 
 class VsphereMocks(StatefulMocks):
