@@ -2,7 +2,8 @@
 
 preflight -> packages -> default Postfix instance, the DKIM signer and the tenants' credentials
 (Dovecot) -> one PostfixInstance per IP. A host without an address is first created as a vSphere
-VM (VsphereVm, a child).
+VM (VsphereVm, a child), and its network step (cloud-init's result, the instance IPs on its
+interface) runs before preflight.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class MailHost(pulumi.ComponentResource):
         def step(step_name: str, script: str, after: list[pulumi.Resource]) -> remote.Command:
             return remote_step(f"{name}-{step_name}", connection, ssh_user, script, parent=self, depends_on=after)
 
+        if not host.existing:
+            # cloud-init's result checked, and the addresses converged live: a VM takes a new or
+            # removed IP without a reboot (its guestinfo carries the same for the next boot).
+            first_steps_after = [step("network", remote_scripts.network(host), first_steps_after)]
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])

@@ -22,6 +22,9 @@ _EOF = "MAILFLEET_EOF"
 PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
+# A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
+# goes when the last instance on it is retired.
+VM_ADDRESSES = "/var/lib/mailfleet/vm-addresses"
 
 
 def _put(path: str, owner: str, mode: str, content: str) -> str:
@@ -74,6 +77,14 @@ def inline_command(script: str, ssh_user: str) -> str:
 def preflight(host: Host) -> str:
     """Fail early, and clearly, when the host cannot take the configuration."""
     return _script("preflight", host=host)
+
+
+def network(host: Host) -> str:
+    """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
+    removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
+    addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
+    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
+                   wanted_file=VM_ADDRESSES)
 
 
 def packages() -> str:
@@ -141,7 +152,8 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds,
+                   ip=instance.ip, wanted_file=VM_ADDRESSES)
 
 
 _TENANTS = dict(conf=render.DOVECOT_CONF, passwd_dir=render.PASSWD_DIR, socket=render.AUTH_SOCKET,

@@ -174,6 +174,11 @@ def cloud_init_metadata(host: Host) -> str:
     return _render("guestinfo/metadata.yaml.j2", host=host, instance_id=instance_id)
 
 
+def cloud_init_network(host: Host) -> str:
+    """The metadata's `network` section alone (netplan v2), for the VM's network step."""
+    return _render("guestinfo/network.yaml.j2", host=host)
+
+
 def cloud_init_userdata(host: Host, authorized_keys: list[str]) -> str:
     return _render("guestinfo/userdata.yaml.j2", host=host, user=VM_USER,
                    authorized_keys=[key.strip() for key in authorized_keys])

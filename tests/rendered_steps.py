@@ -17,6 +17,8 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64)}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
+        if not host.existing:
+            steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         for instance in host.instances:
