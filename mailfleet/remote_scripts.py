@@ -144,11 +144,11 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
     return _script("instance_config", name=instance.name, directory=render.instance_dir(instance),
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
-                   master_cf=render.instance_master_cf(instance),
-                   tables=render.instance_tables(instance))
+                   master_cf=render.instance_master_cf(fleet, instance),
+                   tables=render.instance_tables(fleet, instance))
 
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+                   tables=render.instance_table_paths(instance), drain_seconds=drain_seconds)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 
+from mailfleet import shaping
 from mailfleet.config import DkimKey, Fleet, Host, Instance
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -73,17 +74,31 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         tls_file=tls_file(instance),
         signing_domains=[] if fleet.allow_unsigned_senders else signing_domains(fleet),
         milter=SIGNER_MILTER,
+        shaping=_shaping(fleet, instance),
+        shaping_map=None,
     )
 
 
-def instance_master_cf(instance: Instance) -> str:
-    return _render("etc/postfix-instance/master.cf.j2", instance=instance)
+def _shaping(fleet: Fleet, instance: Instance) -> list[shaping.GroupTransport]:
+    return shaping.transports(fleet, instance) if shaping.enabled(fleet) else []
 
 
-def instance_tables(instance: Instance) -> dict[str, str]:
+def instance_master_cf(fleet: Fleet, instance: Instance) -> str:
+    return _render("etc/postfix-instance/master.cf.j2", instance=instance, shaping=_shaping(fleet, instance))
+
+
+def instance_tables(fleet: Fleet, instance: Instance) -> dict[str, str]:
     """The lookup tables main.cf names, by installed path (beside main.cf)."""
-    return {f"{instance_dir(instance)}/{name}": _render(f"etc/postfix-instance/{name}.j2", instance=instance)
-            for name in ("recipient_access", "header_checks")}
+    tables = {f"{instance_dir(instance)}/{name}": _render(f"etc/postfix-instance/{name}.j2", instance=instance)
+              for name in ("recipient_access", "header_checks")}
+    if shaping.enabled(fleet):
+        tables[f"{instance_dir(instance)}/transport_shaping"] = shaping.domain_table(fleet)
+    return tables
+
+
+def instance_table_paths(instance: Instance) -> list[str]:
+    """Every table an instance may have (what its delete removes), whatever the configuration."""
+    return [f"{instance_dir(instance)}/{name}" for name in ("recipient_access", "header_checks", "transport_shaping")]
 
 
 # The DKIM signer: mailfleet-signer (signer/), one process for every key algorithm, in place of

@@ -15,8 +15,8 @@ def rendered_files(fleet: Fleet) -> dict[str, str]:
         files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(fleet, host)
         for instance in host.instances:
             files[f"{render.instance_dir(instance)}/main.cf"] = render.instance_main_cf(fleet, instance)
-            files[f"{render.instance_dir(instance)}/master.cf"] = render.instance_master_cf(instance)
-            files.update(render.instance_tables(instance))
+            files[f"{render.instance_dir(instance)}/master.cf"] = render.instance_master_cf(fleet, instance)
+            files.update(render.instance_tables(fleet, instance))
         if not host.existing:
             files[f"guestinfo/{host.name}/metadata.yaml"] = render.cloud_init_metadata(host)
             files[f"guestinfo/{host.name}/userdata.yaml"] = render.cloud_init_userdata(
