@@ -1,7 +1,7 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance and the DKIM signer -> one PostfixInstance per
-IP. A host without an address is first created as a vSphere VM (VsphereVm, a child).
+preflight -> packages -> default Postfix instance, the DKIM signer and the shaping map -> one
+PostfixInstance per IP. A host without an address is first created as a vSphere VM (VsphereVm, a child).
 """
 
 from __future__ import annotations
@@ -50,10 +50,13 @@ class MailHost(pulumi.ComponentResource):
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
         signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, signer_binary, connection, ssh_user,
                             depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
+        # Before the instances, whose transport_maps ask it; removed after them.
+        shaping_map = remote_step(f"{host.name}-shaping-map", connection, ssh_user, remote_scripts.shaping_map(fleet),
+                                  delete_script=remote_scripts.shaping_map_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(
                 fleet, instance, tls_bundles[instance.name], connection, ssh_user,
-                depends_on=[default_instance, signer.ready], opts=pulumi.ResourceOptions(parent=self))
+                depends_on=[default_instance, signer.ready, shaping_map], opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         self.register_outputs({"address": address, "instances": sorted(self.instances)})

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import jinja2
 
-from mailfleet import render
+from mailfleet import render, shaping
 from mailfleet.config import DkimKey, Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-PACKAGES = ("postfix", "opendkim", "opendkim-tools")
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "python3")  # python3: mailfleet-shaping-map
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 
@@ -128,6 +128,26 @@ def signer(fleet: Fleet, ssh_user: str, sha256: str) -> str:
                    upload=signer_upload(sha256), unit_file=render.SIGNER_UNIT_FILE,
                    socket_dir=render.MILTER_SOCKET_DIR, probes=probes,
                    key_files=[render.dkim_key_file(key) for key in fleet.dkim], **_SIGNER)
+
+
+def shaping_map(fleet: Fleet) -> str:
+    """The shaping groups' MX lookup service when shaping is on, its absence when it is off."""
+    files = render.shaping_map_files(fleet) if shaping.enabled(fleet) else {}
+    probe_domain, probe_group = next(((domain, name) for name, group in fleet.shaping.groups.items()
+                                      for domain in group.domains or ()), ("gmail.com", None))
+    return _script("shaping_map", files=files, **_shaping_map(),
+                   probe_domain=probe_domain, probe_answer=f"OK {shaping.transport_name(probe_group)}:"
+                   if probe_group else "NOTFOUND ")
+
+
+def shaping_map_delete() -> str:
+    return _script("shaping_map", files={}, **_shaping_map(), probe_domain="", probe_answer="")
+
+
+def _shaping_map() -> dict:
+    return dict(unit=render.SHAPING_MAP_UNIT, unit_file=render.SHAPING_MAP_UNIT_FILE, program=render.SHAPING_MAP_PROGRAM,
+                groups=render.SHAPING_MAP_GROUPS, socket=render.SHAPING_MAP_SOCKET,
+                paths=[render.SHAPING_MAP_UNIT_FILE, render.SHAPING_MAP_PROGRAM, render.SHAPING_MAP_GROUPS])
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:

@@ -8,6 +8,7 @@ of the validated configuration: no Pulumi, no I/O besides reading the templates.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         signing_domains=[] if fleet.allow_unsigned_senders else signing_domains(fleet),
         milter=SIGNER_MILTER,
         shaping=_shaping(fleet, instance),
-        shaping_map=None,
+        shaping_map=SHAPING_MAP_SOCKET,
     )
 
 
@@ -145,6 +146,26 @@ def signer_files(fleet: Fleet) -> dict[str, str]:
         f"{SIGNER_TABLES}/SigningTable": _render("etc/opendkim/SigningTable.j2", signing_keys=signing_keys(fleet)),
         SIGNER_UNIT_FILE: _render(f"etc/systemd/system/{SIGNER_UNIT}.service.j2", binary=SIGNER_BINARY,
                                   user=SIGNER_USER, tables=SIGNER_TABLES, socket=SIGNER_SOCKET),
+    }
+
+
+# The shaping groups' MX lookup (mailfleet/shaping_map.py, installed as is): one service for every
+# instance on the host, asked through each instance's proxymap, which runs outside the chroot.
+SHAPING_MAP_UNIT = "mailfleet-shaping-map"
+SHAPING_MAP_UNIT_FILE = f"/etc/systemd/system/{SHAPING_MAP_UNIT}.service"
+SHAPING_MAP_PROGRAM = "/usr/local/sbin/mailfleet-shaping-map"
+SHAPING_MAP_GROUPS = "/etc/mailfleet/shaping-map.json"
+SHAPING_MAP_SOCKET = "/run/mailfleet-shaping/map.sock"
+
+
+def shaping_map_files(fleet: Fleet) -> dict[str, str]:
+    """The service's program, its groups (domains and MX suffixes) and its unit."""
+    groups = json.dumps({"groups": shaping.mx_groups(fleet)}, indent=1, sort_keys=True) + "\n"
+    return {
+        SHAPING_MAP_PROGRAM: (Path(__file__).resolve().parent / "shaping_map.py").read_text(),
+        SHAPING_MAP_GROUPS: groups,
+        SHAPING_MAP_UNIT_FILE: _render(f"etc/systemd/system/{SHAPING_MAP_UNIT}.service.j2", program=SHAPING_MAP_PROGRAM,
+                                       groups=SHAPING_MAP_GROUPS, socket=SHAPING_MAP_SOCKET),
     }
 
 

@@ -13,8 +13,10 @@ What each limit becomes, per instance (so per IP, the instance's only source add
   queue manager does not plan more parallel deliveries than the transport has processes (or
   mailfleet:queue.destinationConcurrencyLimit, when that is lower: it keeps its meaning, per
   destination, in every group).
-- messages per connection N: `-o smtp_connection_reuse_count_limit=N` on the transport (an smtp
-  client parameter, which has no per-transport name in main.cf; Postfix 3.4 and later).
+- messages per connection N: `-o smtp_connection_reuse_count_limit=N-1` on the transport (an smtp
+  client parameter, which has no per-transport name in main.cf; Postfix 3.4 and later): it counts
+  the times a session is used again after its first message. N = 1 turns the connection cache off
+  for the transport instead (`smtp_connection_cache_on_demand=no`: a limit of 0 means no limit).
 - messages per minute M: `smtp-GROUP_transport_rate_delay` (Postfix 3.1 and later), a pause
   between two deliveries over the transport whatever their destination. Postfix takes whole
   seconds only, and a non-zero transport rate delay makes the transport deliver one message at a

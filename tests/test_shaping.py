@@ -50,18 +50,27 @@ def test_each_group_is_a_transport_with_the_instance_limits_over_the_fleet():
     assert by_group["google"].rate_delay == 0
     main, master = render.instance_main_cf(fleet, warm), render.instance_master_cf(fleet, warm)
     values = settings(main)
-    assert values["transport_maps"] == f"texthash:/etc/{warm.name}/transport_shaping"
+    assert values["transport_maps"] == (f"texthash:/etc/{warm.name}/transport_shaping, "
+                                        "proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:transport")
     assert values["default_transport"] == "smtp-default"
     assert values["smtp-google_destination_concurrency_limit"] == "3"
     assert "smtp-google_transport_rate_delay" not in values and values["smtp-corp_transport_rate_delay"] == "2s"
     assert "\nsmtp-google unix  -       -       y       -       3       smtp\n" in master
-    assert "  -o smtp_connection_reuse_count_limit=50\n" in master.split("smtp-google unix")[1].split("smtp-microsoft")[0]
+    # Reused 49 times after the first message: 50 messages a connection.
+    assert "  -o smtp_connection_reuse_count_limit=49\n" in master.split("smtp-google unix")[1].split("smtp-microsoft")[0]
     cold_values = settings(render.instance_main_cf(fleet, cold))
     assert cold_values["smtp-google_destination_concurrency_limit"] == "1"
     assert cold_values["smtp-google_transport_rate_delay"] == "3s"
     assert "\nsmtp-google unix  -       -       y       -       1       smtp\n" in render.instance_master_cf(fleet, cold)
     table = render.instance_tables(fleet, warm)[f"/etc/{warm.name}/transport_shaping"]
     assert "\ngmail.com smtp-google:\n" in table and "\naol.com smtp-yahoo:\n" in table and "corp" not in table
+
+
+def test_one_message_a_connection_turns_the_connection_cache_off():
+    fleet = fleet_with(**{"mailfleet:hosts": prod_hosts(**{"postfix-43": {"apple": {"messagesPerConnection": 1}}})})
+    master = render.instance_master_cf(fleet, fleet.instances[0][1])
+    apple = master.split("smtp-apple unix")[1].split("smtp-default")[0]
+    assert "-o smtp_connection_cache_on_demand=no" in apple and "reuse_count_limit" not in apple
 
 
 def test_the_queue_destination_limit_caps_each_destination_not_the_group():
