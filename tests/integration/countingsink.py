@@ -6,7 +6,8 @@ Run inside the test namespace:
     ip netns exec NS python countingsink.py --log FILE --listen NAME=127.0.0.61 [--listen ...]
 
 FILE gets one JSON line per event, written as it happens:
-    {"t": seconds, "receiver": NAME, "peer": IP, "conn": N, "event": "open" | "message" | "close"}
+    {"t": seconds, "receiver": NAME, "peer": IP, "conn": N, "event": "open" | "mail" | "message" | "close"}
+("mail" is MAIL FROM: a transaction begins; "message" its end, accepted; "close" QUIT or EOF).
 A small SMTP server of its own (no TLS offered, so clients send in plain text): aiosmtpd does not
 expose the connection's life, which is what is counted here.
 """
@@ -33,12 +34,16 @@ class Receivers:
             self.connections += 1
             conn, peer = self.connections, writer.get_extra_info("peername")[0]
             self.record(receiver, peer, conn, "open")
+            closed = False
             try:
                 writer.write(f"220 {receiver}.test ESMTP counting sink\r\n".encode())
                 while line := await reader.readline():
                     verb = line[:4].upper()
                     if verb in (b"EHLO", b"HELO"):
                         writer.write(f"250-{receiver}.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".encode())
+                    elif verb == b"MAIL":
+                        self.record(receiver, peer, conn, "mail")
+                        writer.write(b"250 2.0.0 ok\r\n")
                     elif verb == b"DATA":
                         writer.write(b"354 go ahead\r\n")
                         await writer.drain()
@@ -47,16 +52,22 @@ class Receivers:
                         self.record(receiver, peer, conn, "message")
                         writer.write(b"250 2.0.0 accepted\r\n")
                     elif verb == b"QUIT":
+                        # Closed as the client says so: it waits for the 221 (smtp_skip_quit_response=no).
+                        self.record(receiver, peer, conn, "close")
+                        closed = True
                         writer.write(b"221 2.0.0 bye\r\n")
                         await writer.drain()
                         break
-                    else:  # MAIL, RCPT, RSET, NOOP
+                    else:  # RCPT, RSET, NOOP
+                        if verb == b"RSET":
+                            self.record(receiver, peer, conn, "rset")
                         writer.write(b"250 2.0.0 ok\r\n")
                     await writer.drain()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:
-                self.record(receiver, peer, conn, "close")
+                if not closed:
+                    self.record(receiver, peer, conn, "close")
                 writer.close()
         return session
 
@@ -96,18 +107,30 @@ def read_events(path) -> list[dict]:
 
 
 def counts(events: list[dict]) -> dict[tuple[str, str], dict]:
-    """Per (receiver, source IP): messages, the most simultaneous connections, the most messages
+    """Per (receiver, source IP): messages, the most simultaneous connections, the most mail
+    transactions at once (MAIL FROM to the end of DATA: deliveries in progress), the most messages
     on one connection, the most messages in any 60 s, and the steady rate (messages a minute
     from the first message to the last)."""
     result: dict[tuple[str, str], dict] = {}
     open_now: dict[tuple[str, str], int] = {}
+    in_transaction: dict[tuple[str, str], int] = {}
+    transacting: set[int] = set()
     per_connection: dict[int, int] = {}
     times: dict[tuple[str, str], list[float]] = {}
     for event in sorted(events, key=lambda e: e["t"]):
         key = (event["receiver"], event["peer"])
-        entry = result.setdefault(key, {"messages": 0, "connections": 0, "max_connections": 0,
+        entry = result.setdefault(key, {"messages": 0, "connections": 0, "max_connections": 0, "max_transactions": 0,
                                         "max_per_connection": 0, "max_per_minute": 0, "per_minute": None})
-        if event["event"] == "open":
+        if event["event"] in ("message", "rset", "close") and event["conn"] in transacting:
+            transacting.discard(event["conn"])
+            in_transaction[key] -= 1
+        if event["event"] == "mail":
+            transacting.add(event["conn"])
+            in_transaction[key] = in_transaction.get(key, 0) + 1
+            entry["max_transactions"] = max(entry["max_transactions"], in_transaction[key])
+        elif event["event"] == "rset":
+            pass
+        elif event["event"] == "open":
             open_now[key] = open_now.get(key, 0) + 1
             entry["connections"] += 1
             entry["max_connections"] = max(entry["max_connections"], open_now[key])

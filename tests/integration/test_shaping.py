@@ -59,6 +59,7 @@ BURST = {"gmail.com": 300, "corp.example": 100, "outlook.com": 30, "plain.exampl
 HERE = Path(__file__).parent
 
 figures: dict[str, object] = {}
+STATE: dict[str, dict] = {}  # per suite: keys and certificates kept between applies, as the engine keeps them
 
 
 def config_for(host: TestHost) -> dict[str, str]:
@@ -114,7 +115,7 @@ def network(host, tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed(host, network):
     host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
-    mocks = StatefulMocks(host.connect, {})
+    mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
     run = run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="shaping")
     # The smtp clients run chrooted: their resolver reads the queue directory's copy.
     host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
@@ -193,10 +194,11 @@ def test_connections_and_messages_per_connection_hold_per_instance(burst):
             seen, limit = burst[(receiver, instance["ip"])], limits(instance, group)
             assert seen["max_per_connection"] <= limit["messagesPerConnection"], (instance["name"], group, seen)
             paced = limit["messagesPerMinute"] <= 60
+            assert seen["max_transactions"] <= (1 if paced else limit["connections"]), (instance["name"], group, seen)
             assert seen["max_connections"] <= (1 if paced else limit["connections"]), (instance["name"], group, seen)
         google = burst[("google", instance["ip"])]
         # Not blind: the burst is large enough that the group reaches its limits.
-        assert google["max_connections"] == limits(instance, "google")["connections"], google
+        assert google["max_transactions"] == limits(instance, "google")["connections"], google
         assert google["max_per_connection"] == limits(instance, "google")["messagesPerConnection"], google
 
 
@@ -210,7 +212,7 @@ def test_messages_per_minute_hold_where_postfix_paces(burst):
 
 def test_a_workspace_domain_goes_through_the_google_transport(host, burst):
     for instance in INSTANCES:
-        log = host.run(f"journalctl --no-pager -o cat SYSLOG_IDENTIFIER={instance['name']}/smtp-google"
+        log = host.run(f"journalctl --no-pager -o cat SYSLOG_IDENTIFIER={instance['name']}/smtp-google/smtp"
                        " | grep -c 'to=<user[0-9]*@corp.example>.*status=sent'", check=False)[1]
         assert int(log.strip() or 0) == BURST["corp.example"], (instance["name"], log)
 
@@ -229,7 +231,7 @@ def test_the_map_service_answers_postfix_by_mx_and_runs_confined(host, deployed)
 
 
 def test_reapply_changes_nothing(host, deployed, burst):
-    mocks = StatefulMocks(host.connect, {})
+    mocks = StatefulMocks(host.connect, STATE[host.suite])
     run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="shaping")
     output = "\n".join(e.get("stdout") or "" for e in mocks.log if e["type"] == "command:remote:Command")
     assert not re.search(r"^(changed|created|installed|started|reloaded|restarted|enabled|removed|stopped) ",
