@@ -513,7 +513,11 @@ class Shaping(_Model):
                 groups[name] = value  # reported by the model as not an object
                 continue
             base = BUILTIN_GROUPS.get(name) or {key: default[key] for key in _LIMIT_KEYS.values() if key in default}
-            groups[name] = {**base, **value}
+            merged = {**base, **value}
+            for key in ("backoff", "suspend"):  # a stack may change one field of them: minutes, say
+                if isinstance(base.get(key), dict) and isinstance(value.get(key), dict):
+                    merged[key] = {**base[key], **value[key]}
+            groups[name] = merged
         return {**data, "groups": groups}
 
     def limits(self, group: str, instance: "Instance") -> ShapingLimits:

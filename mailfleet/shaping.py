@@ -30,6 +30,7 @@ neither cap a group of domains nor keep the group's concurrency.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from mailfleet.config import DEFAULT_GROUP, Fleet, Instance
@@ -99,3 +100,14 @@ def mx_groups(fleet: Fleet) -> dict[str, dict[str, list[str]]]:
     return {name: {"transport": transport_name(name), "domains": list(group.domains or ()),
                    "mxSuffixes": list(group.mx_suffixes or ())}
             for name, group in fleet.shaping.groups.items() if name != DEFAULT_GROUP}
+
+
+def push_back(fleet: Fleet, group: str, reply: str) -> str | None:
+    """What a receiver's reply asks of the group: "suspend" (a block pattern matched), "backoff"
+    (a reputation or rate deferral), or None. Suspend wins: a block is the stronger signal.
+    (Pure: the service that reads the log and acts on it is not built yet.)"""
+    settings = fleet.shaping.groups[group]
+    for action, rule in (("suspend", settings.suspend), ("backoff", settings.backoff)):
+        if rule is not None and any(re.search(pattern, reply) for pattern in rule.patterns):
+            return action
+    return None

@@ -108,3 +108,27 @@ def test_postfix_routes_the_group_domains_by_the_table(tmp_path):
                               capture_output=True, text=True, timeout=30).stdout.strip()
     assert [lookup(d) for d in ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "example.org")] == [
         "smtp-google:", "smtp-microsoft:", "smtp-yahoo:", "smtp-apple:", ""]
+
+
+def test_the_built_in_patterns_recognise_the_providers_push_back():
+    fleet = fleet_with()
+    replies = [
+        ("google", "421-4.7.28 [192.0.2.43] Our system has detected an unusual rate of unsolicited mail", "backoff"),
+        ("google", "250 2.0.0 OK 1733300000 a1si123", None),
+        ("microsoft", "451 4.7.650 The mail server [192.0.2.43] has been temporarily rate limited due to IP reputation",
+         "backoff"),
+        ("microsoft", "550 5.7.1 Unfortunately, messages from [192.0.2.43] weren't sent. (S3150)", "backoff"),
+        ("yahoo", "421 4.7.0 [TSS04] Messages from 192.0.2.43 temporarily deferred", None),  # not a TS code
+        ("yahoo", "421 4.7.0 [TS01] Messages from 192.0.2.43 temporarily deferred", "backoff"),
+        ("yahoo", "421 4.7.0 [TS04] Messages from 192.0.2.43 temporarily deferred", "suspend"),
+        ("default", "421 4.7.28 rate", None),  # the default group has no patterns
+    ]
+    for group, reply, action in replies:
+        assert shaping.push_back(fleet, group, reply) == action, (group, reply)
+    custom = fleet_with(**{"mailfleet:shaping": {"groups": {"google": {
+        "suspend": {"patterns": [r"^550-5\.7\.1 .*blocked"], "minutes": 240}}}}})
+    assert shaping.push_back(custom, "google", "550-5.7.1 [192.0.2.43] ... blocked") == "suspend"
+    assert custom.shaping.groups["google"].backoff.minutes == 90  # the built-in backoff stays
+    shorter = fleet_with(**{"mailfleet:shaping": {"groups": {"yahoo": {"backoff": {"minutes": 30}}}}})
+    assert shorter.shaping.groups["yahoo"].backoff.minutes == 30
+    assert shorter.shaping.groups["yahoo"].backoff.patterns == (r"\[TS0[1-3]\]",)
