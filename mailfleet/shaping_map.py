@@ -7,7 +7,8 @@ A Postfix socketmap server (socketmap_table(5): netstring requests "NAME KEY", r
 "NOTFOUND ", "TEMP reason"). For a domain it answers `OK smtp-GROUP:` when the domain is in a
 group's list, or when its best MX host ends with one of a group's MX suffixes (a company domain
 hosted by Google Workspace or Microsoft 365 belongs to that group); NOTFOUND otherwise (the default
-group: default_transport). Full addresses and parent-domain keys are NOTFOUND at once.
+group: default_transport). Postfix asks with the full recipient address (a socketmap is a pattern
+table to it); the domain decides. Parent-domain keys and address literals are NOTFOUND at once.
 
 MX records come from the host's resolver (/etc/resolv.conf), cached for their TTL (at most an
 hour; NXDOMAIN and no-MX answers for five minutes). When DNS fails, the answer falls back to the
@@ -163,8 +164,10 @@ class GroupMap:
 
     def transport(self, key: str) -> str | None:
         """The transport for a transport_maps key, or None (not found)."""
-        key = key.lower().rstrip(".")
-        if not key or "@" in key or key.startswith(".") or key == "*":
+        # Postfix treats a socketmap as a pattern table: transport_maps asks it for the whole
+        # recipient address only (never the domain alone), so the domain is taken from it.
+        key = key.lower().rsplit("@", 1)[-1].rstrip(".")
+        if not key or key.startswith(".") or key == "*" or key.startswith("["):
             return None
         if key in self.domains:
             return self.domains[key]

@@ -76,8 +76,11 @@ def test_a_domain_belongs_to_the_group_of_its_best_mx(dns_port):
     assert groups.reply("transport mixed.example") == "NOTFOUND "  # its best MX is its own
     assert groups.reply("transport notgoogle.example") == "NOTFOUND "  # a suffix is whole labels
     assert groups.reply("transport nowhere.example") == "NOTFOUND "
-    # Full addresses, parent-domain keys and the catch-all are never looked up.
-    for key in ("user@corp.example", ".corp.example", "*"):
+    # Postfix asks with the whole address; the domain decides.
+    assert groups.reply("transport someone+tag@corp.example") == "OK smtp-google:"
+    assert groups.reply("transport someone@gmail.com") == "OK smtp-google:"
+    # Parent-domain keys, address literals and the catch-all are never looked up.
+    for key in (".corp.example", "user@[192.0.2.1]", "*"):
         assert groups.reply(f"transport {key}") == "NOTFOUND "
 
 

@@ -225,7 +225,7 @@ def test_the_map_service_answers_postfix_by_mx_and_runs_confined(host, deployed)
     assert host.run(f"{ask} outlook.com")[1].strip() == "OK smtp-microsoft:"
     # Postfix's own view: the instance's transport_maps, through its proxymap.
     maps = host.run("postconf -c /etc/postfix-43 -h transport_maps")[1].strip()
-    assert host.run(f"postmap -c /etc/postfix-43 -q corp.example '{maps.split(', ')[1]}'")[1].strip() == "smtp-google:"
+    assert host.run(f"postmap -c /etc/postfix-43 -q someone@corp.example '{maps.split(', ')[1]}'")[1].strip() == "smtp-google:"
     user = host.run("ps -o user= -C python3")[1].split()
     assert user and "root" not in user and "postfix" not in user, user
 
