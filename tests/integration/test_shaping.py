@@ -35,7 +35,7 @@ INSTANCES = [
     {"name": "postfix-45", "ip": "127.0.0.45", "hostname": "s45.mail.example.com",
      "shaping": {"google": {"connections": 2, "messagesPerConnection": 4},
                  "microsoft": {"messagesPerMinute": 20, "messagesPerConnection": 3},
-                 "default": {"connections": 2, "messagesPerConnection": 50}}},
+                 "default": {"connections": 2, "messagesPerConnection": 1}}},
 ]
 # The fleet's google group is wider than the built-in one; microsoft keeps its built-in limits
 # except where an instance overrides them.
@@ -194,8 +194,14 @@ def test_connections_and_messages_per_connection_hold_per_instance(burst):
             seen, limit = burst[(receiver, instance["ip"])], limits(instance, group)
             assert seen["max_per_connection"] <= limit["messagesPerConnection"], (instance["name"], group, seen)
             paced = limit["messagesPerMinute"] <= 60
-            assert seen["max_transactions"] <= (1 if paced else limit["connections"]), (instance["name"], group, seen)
-            assert seen["max_connections"] <= (1 if paced else limit["connections"]), (instance["name"], group, seen)
+            allowed = 1 if paced else limit["connections"]
+            # Deliveries in progress (sessions in a mail transaction) never exceed the limit.
+            assert seen["max_transactions"] <= allowed, (instance["name"], group, seen)
+            # Open connections do too where the group keeps no idle connection: one message a
+            # connection (no connection cache) or paced. Otherwise Postfix's connection cache
+            # (scache) may hold idle connections besides the busy ones: measured, not asserted.
+            if paced or limit["messagesPerConnection"] == 1:
+                assert seen["max_connections"] <= allowed, (instance["name"], group, seen)
         google = burst[("google", instance["ip"])]
         # Not blind: the burst is large enough that the group reaches its limits.
         assert google["max_transactions"] == limits(instance, "google")["connections"], google
