@@ -1,6 +1,6 @@
 // mailfleet-signer: a DKIM signing milter for mailfleet's Postfix instances, reading the KeyTable
 // and SigningTable mailfleet renders for OpenDKIM. It keeps every key parsed, signs RSA through
-// OpenSSL, and asks Postfix for one round trip a message: what OpenDKIM cannot (issue 12, README
+// OpenSSL, and asks Postfix for one round trip a message: what OpenDKIM cannot (docs/benchmarks.md,
 // "Signing speed").
 //
 // Build (from signer/, on any OS; the binary is byte-identical wherever it is built, and its
