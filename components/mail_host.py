@@ -1,9 +1,9 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance, the DKIM signer and the tenants' credentials
-(Dovecot) -> one PostfixInstance per IP. A host without an address is first created as a vSphere
-VM (VsphereVm, a child), and its network step (cloud-init's result, the instance IPs on its
-interface) runs before preflight.
+preflight -> packages -> default Postfix instance, the DKIM signer, the tenants' credentials
+(Dovecot) and the shaping map -> one PostfixInstance per IP. A host without an address is first
+created as a vSphere VM (VsphereVm, a child), and its network step (cloud-init's result, the
+instance IPs on its interface) runs before preflight.
 """
 
 from __future__ import annotations
@@ -84,11 +84,14 @@ class MailHost(pulumi.ComponentResource):
                               remote_scripts.tenant_credentials(fleet, host), secret=bool(fleet.tenants),
                               delete_script=remote_scripts.tenant_credentials_delete(),
                               parent=self, depends_on=[default_instance])
+        # Before the instances, whose transport_maps ask it; removed after them.
+        shaping_map = remote_step(f"{name}-shaping-map", connection, ssh_user, remote_scripts.shaping_map(fleet),
+                                  delete_script=remote_scripts.shaping_map_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
                 tls_bundle=args.tls_bundles[instance.name], connection=connection, ssh_user=ssh_user,
-                after=[default_instance, signer.ready, tenants]), opts=pulumi.ResourceOptions(parent=self))
+                after=[default_instance, signer.ready, tenants, shaping_map]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         self.register_outputs({"address": address, "instances": sorted(self.instances)})
