@@ -14,14 +14,17 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mailfleet import render, tenants
+from mailfleet import render, shaping, tenants
 from mailfleet.config import DkimKey, Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core")
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core", "python3")  # python3: mailfleet-shaping-map
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
+# A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
+# goes when the last instance on it is retired.
+VM_ADDRESSES = "/var/lib/mailfleet/vm-addresses"
 
 
 def _put(path: str, owner: str, mode: str, content: str) -> str:
@@ -99,6 +102,14 @@ def preflight(host: Host) -> str:
     return _script("preflight", host=host)
 
 
+def network(host: Host) -> str:
+    """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
+    removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
+    addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
+    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
+                   wanted_file=VM_ADDRESSES)
+
+
 def packages() -> str:
     """Install Postfix, OpenDKIM (whose account, key layout and tools the signer uses) and
     Dovecot's core (the tenants' SASL backend) when missing; touch nothing when they are there."""
@@ -143,6 +154,26 @@ def signer(fleet: Fleet, ssh_user: str, sha256: str) -> str:
                    key_files=[render.dkim_key_file(key) for key in fleet.dkim], **_SIGNER)
 
 
+def shaping_map(fleet: Fleet) -> str:
+    """The shaping groups' MX lookup service when shaping is on, its absence when it is off."""
+    files = render.shaping_map_files(fleet) if shaping.enabled(fleet) else {}
+    probe_domain, probe_group = next(((domain, name) for name, group in fleet.shaping.groups.items()
+                                      for domain in group.domains or ()), ("gmail.com", None))
+    return _script("shaping_map", files=files, **_shaping_map(),
+                   probe_domain=probe_domain, probe_answer=f"OK {shaping.transport_name(probe_group)}:"
+                   if probe_group else "NOTFOUND ")
+
+
+def shaping_map_delete() -> str:
+    return _script("shaping_map", files={}, **_shaping_map(), probe_domain="", probe_answer="")
+
+
+def _shaping_map() -> dict:
+    return dict(unit=render.SHAPING_MAP_UNIT, unit_file=render.SHAPING_MAP_UNIT_FILE, program=render.SHAPING_MAP_PROGRAM,
+                groups=render.SHAPING_MAP_GROUPS, socket=render.SHAPING_MAP_SOCKET,
+                paths=[render.SHAPING_MAP_UNIT_FILE, render.SHAPING_MAP_PROGRAM, render.SHAPING_MAP_GROUPS])
+
+
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
     return _script("instance_tls", instance=instance, directory=render.instance_dir(instance),
                    tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
@@ -158,13 +189,14 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
                    master_cf=render.instance_master_cf(fleet, instance),
-                   tables=render.instance_tables(instance))
+                   tables=render.instance_tables(fleet, instance))
 
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+                   tables=render.instance_table_paths(instance), drain_seconds=drain_seconds,
+                   ip=instance.ip, wanted_file=VM_ADDRESSES)
 
 
 _TENANTS = dict(conf=render.DOVECOT_CONF, passwd_dir=render.PASSWD_DIR, socket=render.AUTH_SOCKET,

@@ -14,9 +14,13 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "dkim-keys": remote_scripts.dkim_keys({key: FAKE_PEM for key in fleet.dkim}),
              "dkim-keys-delete": remote_scripts.dkim_keys_delete(),
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
-             "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64)}
+             "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64),
+             "shaping-map": remote_scripts.shaping_map(fleet),
+             "shaping-map-delete": remote_scripts.shaping_map_delete()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
+        if not host.existing:
+            steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         for instance in host.instances:
