@@ -59,7 +59,14 @@ def changed(path: str, value) -> dict:
     return config
 
 
-DELETE = object()
+class _Delete:
+    """A value that removes its key; its repr names it, so test ids are the same in every process."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 BAD_INPUTS = [
     # (what to change, new value, the one expected message)
