@@ -11,7 +11,6 @@ from components.mail_host import MailHost
 from components.tls_certificates import TlsCertificates
 from mailfleet import dns_records
 from mailfleet.config import ConfigError, fleet_warnings, parse_config
-from mailfleet.signer_build import SignerBuildError, build_signer
 
 
 def stack_config() -> dict:
@@ -25,10 +24,6 @@ except ConfigError as error:
     raise pulumi.RunError(str(error)) from None  # before any resource is registered
 for warning in fleet_warnings(fleet):
     pulumi.log.warn(warning)
-try:
-    signer_binary = build_signer()  # uploaded to every host
-except SignerBuildError as error:
-    raise pulumi.RunError(str(error)) from None
 
 dkim = DkimKeys("dkim", fleet.dkim)
 certificates = TlsCertificates("tls", fleet.tls, [instance for _, instance in fleet.instances])
@@ -46,7 +41,6 @@ for host in fleet.hosts:
         vm_authorized_keys=None if host.existing else vm_authorized_keys,
         dkim_private_keys=dkim.private_keys,
         tls_bundles=certificates.bundles,
-        signer_binary=signer_binary,
     )
 
 public_keys = pulumi.Output.all(**dkim.public_keys)

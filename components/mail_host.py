@@ -1,7 +1,7 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance and the DKIM signer -> one PostfixInstance per
-IP. A host without an address is first created as a vSphere VM (VsphereVm, a child).
+IP -> the one-time retirement of mailfleet-signer (a no-op where it never ran). A host without an address is first created as a vSphere VM (VsphereVm, a child).
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 import pulumi
 from pulumi_command import remote
 
-from components.dkim_signer import DkimSigner
+from components.dkim_signer import DkimSigner, DkimSignerArgs
 from components.postfix_instance import PostfixInstance
 from components.remote_step import remote_step
 from components.vsphere_vm import VsphereVm
-from mailfleet import remote_scripts
+from mailfleet import remote_scripts, signing
 from mailfleet.config import Fleet, Host
-from mailfleet.render import VM_USER
-from mailfleet.signer_build import SignerBinary
+from mailfleet.render import VM_USER, mynetworks
 
 
 class MailHost(pulumi.ComponentResource):
@@ -24,7 +23,7 @@ class MailHost(pulumi.ComponentResource):
 
     def __init__(self, host: Host, fleet: Fleet, *, ssh_private_key: pulumi.Output[str],
                  dkim_private_keys: dict[str, pulumi.Output[str]], tls_bundles: dict[str, pulumi.Output[str]],
-                 signer_binary: SignerBinary, vm_authorized_keys: pulumi.Input[list[str]] | None = None,
+                 vm_authorized_keys: pulumi.Input[list[str]] | None = None,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailfleet:index:MailHost", host.name, None, opts)
         first_steps_after: list[pulumi.Resource] = []
@@ -48,12 +47,16 @@ class MailHost(pulumi.ComponentResource):
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
-        signer = DkimSigner(f"{host.name}-opendkim", fleet, dkim_private_keys, signer_binary, connection, ssh_user,
-                            depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
+        signer = DkimSigner(f"{host.name}-opendkim", DkimSignerArgs(
+            keys=list(fleet.dkim), private_keys=dkim_private_keys, networks=mynetworks(fleet),
+            connection=connection, ssh_user=ssh_user), opts=pulumi.ResourceOptions(parent=self, depends_on=[packages]))
         self.instances = {
             instance.name: PostfixInstance(
                 fleet, instance, tls_bundles[instance.name], connection, ssh_user,
                 depends_on=[default_instance, signer.ready], opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
+        # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.
+        step("retire-mailfleet-signer", signing.migrate_signer_step(ssh_user),
+             [instance.config for instance in self.instances.values()])
         self.register_outputs({"address": address, "instances": sorted(self.instances)})

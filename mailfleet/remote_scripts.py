@@ -17,11 +17,12 @@ from pathlib import Path
 import jinja2
 
 from mailfleet import render
-from mailfleet.config import DkimKey, Fleet, Host, Instance
+from mailfleet.config import Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-PACKAGES = ("postfix", "opendkim", "opendkim-tools")
+# Postfix, and what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 
@@ -63,7 +64,7 @@ def step_names() -> list[str]:
     return sorted(path.name.removesuffix(".sh.j2") for path in STEPS.glob("*.sh.j2"))
 
 
-def _script(step: str, **context) -> str:
+def script(step: str, **context) -> str:
     return f"{LIBRARY}\n" + _env.get_template(f"{step}.sh.j2").render(**context)
 
 
@@ -83,65 +84,31 @@ def inline_command(script: str, ssh_user: str) -> str:
 
 def preflight(host: Host) -> str:
     """Fail early, and clearly, when the host cannot take the configuration."""
-    return _script("preflight", host=host)
+    return script("preflight", host=host)
 
 
 def packages() -> str:
-    """Install Postfix and OpenDKIM (whose account, key layout and tools the signer uses) when
-    missing; touch nothing when they are there."""
-    return _script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
+    """Install Postfix and OpenDKIM when missing; touch nothing when they are there."""
+    return script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
 def default_instance(fleet: Fleet, host: Host) -> str:
     """The default instance: 127.0.0.1 only, multi-instance on."""
-    return _script("default_instance", main_cf=render.default_main_cf(fleet, host))
-
-
-_SIGNER = dict(user=render.SIGNER_USER, unit=render.SIGNER_UNIT, binary=render.SIGNER_BINARY,
-               socket=render.SIGNER_SOCKET, tables=render.SIGNER_TABLES, key_dir=render.DKIM_KEY_DIR)
-
-
-def dkim_keys(private_keys: dict[DkimKey, str]) -> str:
-    """The DKIM private keys, readable by the signer's account only; a running signer re-reads them."""
-    keys = {render.dkim_key_file(key): pem for key, pem in private_keys.items()}
-    return _script("dkim_keys", keys=keys, **_SIGNER)
-
-
-def dkim_keys_delete() -> str:
-    """On destroy (after every instance is gone): no private key stays behind, nothing signs."""
-    return _script("dkim_keys_delete", unit_file=render.SIGNER_UNIT_FILE, socket_dir=render.MILTER_SOCKET_DIR,
-                   **_SIGNER)
-
-
-def signer_upload(sha256: str) -> str:
-    """Where CopyToRemote puts the signer binary, relative to the SSH user's home: named by its
-    checksum, so that a new build is a new upload."""
-    return f".mailfleet-signer-{sha256[:16]}"
-
-
-def signer(fleet: Fleet, ssh_user: str, sha256: str) -> str:
-    """The signer: its binary (uploaded), tables and unit; probed for every signing domain; then
-    OpenDKIM, which signed before it, is retired."""
-    probes = [(f"postmaster@{domain}", ";".join(render.expected_signatures(fleet, domain)))
-              for domain in render.signing_domains(fleet)]
-    return _script("signer", files=render.signer_files(fleet), sha256=sha256, ssh_user=ssh_user,
-                   upload=signer_upload(sha256), unit_file=render.SIGNER_UNIT_FILE,
-                   socket_dir=render.MILTER_SOCKET_DIR, probes=probes,
-                   key_files=[render.dkim_key_file(key) for key in fleet.dkim], **_SIGNER)
+    return script("default_instance", main_cf=render.default_main_cf(fleet, host))
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
-    return _script("instance_tls", instance=instance, directory=render.instance_dir(instance),
+    return script("instance_tls", instance=instance, directory=render.instance_dir(instance),
                    tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
                    bundle=bundle_pem)
 
 
 def instance_tls_delete(instance: Instance) -> str:
-    return _script("instance_tls_delete", instance=instance, tls_file=render.tls_file(instance))
+    return script("instance_tls_delete", instance=instance, tls_file=render.tls_file(instance))
 
 
 def instance_config(fleet: Fleet, instance: Instance) -> str:
-    return _script("instance_config", name=instance.name, directory=render.instance_dir(instance),
+    return script("instance_config", name=instance.name, directory=render.instance_dir(instance),
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
                    master_cf=render.instance_master_cf(instance),
@@ -150,5 +117,5 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
-    return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
+    return script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
                    tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mailfleet import render
+from mailfleet import render, signing
 from mailfleet.config import Fleet
 
 VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGolden mailfleet"
 
 
 def rendered_files(fleet: Fleet) -> dict[str, str]:
-    files = dict(render.signer_files(fleet))
+    files = dict(signing.files(fleet.dkim, render.mynetworks(fleet)))
     for host in fleet.hosts:
         prefix = f"{host.name}/" if len(fleet.hosts) > 1 else ""
         files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(fleet, host)
