@@ -282,19 +282,23 @@ probe_opendkim_once() {
       return 1
     fi
     # The Lua script miltertest runs: one message, then every DKIM-Signature the signer added.
+    # (miltertest does not show a script's error(): fail() prints the reason first.)
     printf '%s\n' \
+      "local function fail(why) mt.echo(\"probe: \" .. why); error(why) end" \
       "local conn = mt.connect(\"$socket\", 1, 0)" \
-      "if conn == nil then error(\"cannot connect to $socket\") end" \
-      "if mt.conninfo(conn, \"localhost\", \"127.0.0.1\") ~= nil then error(\"connection refused\") end" \
-      "if mt.mailfrom(conn, \"$from\") ~= nil then error(\"MAIL FROM refused\") end" \
-      "if mt.rcptto(conn, \"probe@mailfleet.invalid\") ~= nil then error(\"RCPT TO refused\") end" \
+      "if conn == nil then fail(\"cannot connect to $socket\") end" \
+      "if mt.conninfo(conn, \"localhost\", \"127.0.0.1\") ~= nil then fail(\"connection refused\") end" \
+      "if mt.mailfrom(conn, \"$from\") ~= nil then fail(\"MAIL FROM refused\") end" \
+      "if mt.rcptto(conn, \"probe@mailfleet.invalid\") ~= nil then fail(\"RCPT TO refused\") end" \
       "mt.header(conn, \"From\", \"$from\")" \
       "mt.header(conn, \"To\", \"probe@mailfleet.invalid\")" \
       "mt.header(conn, \"Subject\", \"mailfleet signing probe\")" \
-      "if mt.eoh(conn) ~= nil then error(\"end of headers refused\") end" \
-      "mt.bodystring(conn, \"mailfleet signing probe\\r\\n\")" \
-      "if mt.eom(conn) ~= nil then error(\"end of message refused\") end" \
-      "if mt.getreply(conn) ~= SMFIR_ACCEPT and mt.getreply(conn) ~= SMFIR_CONTINUE then error(\"message not accepted\") end" \
+      "mt.set_timeout(5)" \
+      "if mt.eoh(conn) ~= nil then fail(\"no answer at the end of the headers\") end" \
+      "if mt.getreply(conn) ~= SMFIR_CONTINUE then fail(\"refused the message at the end of its headers (milter reply \" .. string.char(mt.getreply(conn)) .. \")\") end" \
+      "if mt.bodystring(conn, \"mailfleet signing probe\\r\\n\") ~= nil then fail(\"no answer to the body\") end" \
+      "if mt.eom(conn) ~= nil then fail(\"no answer at the end of the message\") end" \
+      "if mt.getreply(conn) ~= SMFIR_ACCEPT and mt.getreply(conn) ~= SMFIR_CONTINUE then fail(\"refused the message at its end (milter reply \" .. string.char(mt.getreply(conn)) .. \")\") end" \
       "local n = 0" \
       "while true do" \
       "  local value = mt.getheader(conn, \"DKIM-Signature\", n)" \
@@ -305,7 +309,7 @@ probe_opendkim_once() {
       "mt.disconnect(conn)" >"$dir/probe.lua"
     chmod 0644 "$dir/probe.lua"
     if ! out=$(runuser -u postfix -- miltertest -s "$dir/probe.lua" 2>&1); then
-      echo "$unit on $socket: $(tr '\n' ' ' <<<"$out")"
+      echo "$unit on $socket, mail from $from: $(tr '\n' ' ' <<<"$out") $unit said: $(journalctl -u "$unit" -n 2 --no-pager -o cat 2>/dev/null | tr '\n' ' ')"
       return 1
     fi
     # One signature a line (its folded continuation lines joined), then its d=, s= and a=.
