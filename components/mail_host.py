@@ -1,7 +1,8 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance and the DKIM signer -> one PostfixInstance per
-IP -> the one-time retirement of mailfleet-signer (a no-op where it never ran). A host without an address is first created as a vSphere VM (VsphereVm, a child).
+preflight -> packages -> default Postfix instance and the DKIM signer (OpenDKIM) -> one
+PostfixInstance per IP -> the one-time retirement of mailfleet-signer (a no-op where it never
+ran). A host without an address is first created as a vSphere VM (VsphereVm, a child).
 """
 
 from __future__ import annotations
