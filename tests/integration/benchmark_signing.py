@@ -178,6 +178,8 @@ def main():
     try:
         run, _, seconds = apply(host, config_for(host, **{"mailfleet:relayhost": f"[127.0.0.1]:{SINK_PORT}"}))
         print(f"{args.suite}: applied in {seconds:.1f} s; load: {os.getloadavg()[0]:.2f}", flush=True)
+        exposure = host.run(f"systemd-analyze security --no-pager {SIGNER_UNIT}.service | tail -n 1")[1].strip()
+        print(f"{args.suite}: {exposure}", flush=True)
         bench = Bench(host, run.outputs["dkimRecords"])
         bench.start_sink()
         summary = {signer: measure(bench, signer, args) for signer in signers}
