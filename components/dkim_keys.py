@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
@@ -10,18 +11,24 @@ import pulumi_tls as tls
 from mailfleet.config import DkimKey
 
 
+@dataclass(frozen=True)
+class DkimKeysArgs:
+    keys: Sequence[DkimKey]
+    """The `mailfleet:dkim` entries: a key each, named by its record (selector._domainkey.domain)."""
+
+
 class DkimKeys(pulumi.ComponentResource):
     private_keys: dict[str, pulumi.Output[str]]
     """Record name (selector._domainkey.domain) -> private key PEM (secret)."""
     public_keys: dict[str, pulumi.Output[str]]
     """Record name -> public key PEM (SubjectPublicKeyInfo), the source of the DKIM TXT record."""
 
-    def __init__(self, name: str, keys: Sequence[DkimKey], opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: DkimKeysArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailfleet:index:DkimKeys", name, None, opts)
         self.private_keys, self.public_keys = {}, {}
-        for key in keys:
+        for key in args.keys:
             # Changing `bits` or `algorithm` replaces the key, and so the published record: rotate
-            # with a new selector instead (README, "Rotate a DKIM key"). pulumi-tls writes an
+            # with a new selector instead (docs/day2.md, "Rotate a DKIM key"). pulumi-tls writes an
             # Ed25519 key as PKCS#8 PEM, which OpenDKIM reads.
             if key.algorithm == "ed25519":
                 algorithm = {"algorithm": "ED25519"}

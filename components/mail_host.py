@@ -7,54 +7,74 @@ ran). A host without an address is first created as a vSphere VM (VsphereVm, a c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 from pulumi_command import remote
 
 from components.dkim_signer import DkimSigner, DkimSignerArgs
-from components.postfix_instance import PostfixInstance
+from components.postfix_instance import PostfixInstance, PostfixInstanceArgs
 from components.remote_step import remote_step
-from components.vsphere_vm import VsphereVm
+from components.vsphere_vm import VsphereVm, VsphereVmArgs
 from mailfleet import remote_scripts, signing
 from mailfleet.config import Fleet, Host
 from mailfleet.render import VM_USER, mynetworks
 
 
+@dataclass(frozen=True)
+class MailHostArgs:
+    host: Host
+    """The host: its address (or VM), SSH user and port, and its instances."""
+    fleet: Fleet
+    """The settings every host shares: they render the default instance, the signer and each
+    instance's files, and give the vSphere site of a host without an address."""
+    ssh_private_key: pulumi.Output[str]
+    """The key that reaches the host (secret): `mailfleet:sshPrivateKey`, or the VMs' generated one."""
+    dkim_private_keys: dict[str, pulumi.Output[str]]
+    """Record name -> DKIM private key PEM (secret), from DkimKeys."""
+    tls_bundles: dict[str, pulumi.Output[str]]
+    """Instance name -> key, certificate and chain PEM (secret), from TlsCertificates."""
+    vm_authorized_keys: pulumi.Input[list[str]] | None = None
+    """Public keys for a created VM's deploy user; None for a host with an address."""
+
+
 class MailHost(pulumi.ComponentResource):
     instances: dict[str, PostfixInstance]
 
-    def __init__(self, host: Host, fleet: Fleet, *, ssh_private_key: pulumi.Output[str],
-                 dkim_private_keys: dict[str, pulumi.Output[str]], tls_bundles: dict[str, pulumi.Output[str]],
-                 vm_authorized_keys: pulumi.Input[list[str]] | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mailfleet:index:MailHost", host.name, None, opts)
+    def __init__(self, name: str, args: MailHostArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailfleet:index:MailHost", name, None, opts)
+        host, fleet = args.host, args.fleet
         first_steps_after: list[pulumi.Resource] = []
         if host.existing:
             address, ssh_user, port = host.address, host.ssh_user, host.ssh_port
         else:
-            vm = VsphereVm(host, fleet.vsphere, vm_authorized_keys, opts=pulumi.ResourceOptions(parent=self))
+            vm = VsphereVm(host.name, VsphereVmArgs(host=host, site=fleet.vsphere,
+                                                    authorized_keys=args.vm_authorized_keys),
+                           opts=pulumi.ResourceOptions(parent=self))
             first_steps_after = [vm]
             # The first instance IP is known before the VM exists, unlike default_ip_address,
             # which may be any of the VM's addresses.
             address, ssh_user, port = host.instances[0].ip, VM_USER, 22
         connection = remote.ConnectionArgs(
-            host=address, port=port, user=ssh_user, private_key=ssh_private_key,
+            host=address, port=port, user=ssh_user, private_key=args.ssh_private_key,
             # A new VM boots and runs cloud-init before sshd answers.
             dial_error_limit=30 if not host.existing else 10,
         )
 
-        def step(name: str, script: str, after: list[pulumi.Resource]) -> remote.Command:
-            return remote_step(f"{host.name}-{name}", connection, ssh_user, script, parent=self, depends_on=after)
+        def step(step_name: str, script: str, after: list[pulumi.Resource]) -> remote.Command:
+            return remote_step(f"{name}-{step_name}", connection, ssh_user, script, parent=self, depends_on=after)
 
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
-        signer = DkimSigner(f"{host.name}-opendkim", DkimSignerArgs(
-            keys=list(fleet.dkim), private_keys=dkim_private_keys, networks=mynetworks(fleet),
-            connection=connection, ssh_user=ssh_user), opts=pulumi.ResourceOptions(parent=self, depends_on=[packages]))
+        signer = DkimSigner(f"{name}-opendkim", DkimSignerArgs(
+            keys=list(fleet.dkim), private_keys=args.dkim_private_keys, networks=mynetworks(fleet),
+            connection=connection, ssh_user=ssh_user, after=[packages]), opts=pulumi.ResourceOptions(parent=self))
         self.instances = {
-            instance.name: PostfixInstance(
-                fleet, instance, tls_bundles[instance.name], connection, ssh_user,
-                depends_on=[default_instance, signer.ready], opts=pulumi.ResourceOptions(parent=self))
+            instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
+                instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
+                tls_bundle=args.tls_bundles[instance.name], connection=connection, ssh_user=ssh_user,
+                after=[default_instance, signer.ready]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.

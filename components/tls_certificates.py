@@ -6,6 +6,7 @@ per instance hostname. provided: the user's certificate (a wildcard, say) serves
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
@@ -25,14 +26,22 @@ def _pem_bundle(*parts: pulumi.Input[str | None]) -> pulumi.Output[str]:
     return pulumi.Output.secret(pulumi.Output.all(*parts).apply(join))
 
 
+@dataclass(frozen=True)
+class TlsCertificatesArgs:
+    settings: Tls
+    """`mailfleet:tls`: selfSigned, or the provided key, certificate and chain."""
+    instances: Sequence[Instance]
+    """Every instance of the fleet: a certificate each for its hostname and IP (selfSigned mode)."""
+
+
 class TlsCertificates(pulumi.ComponentResource):
     ca_cert_pem: pulumi.Output[str] | None
     bundles: dict[str, pulumi.Output[str]]
     """Instance name -> private key + certificate + chain, PEM (secret)."""
 
-    def __init__(self, name: str, settings: Tls, instances: Sequence[Instance],
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: TlsCertificatesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailfleet:index:TlsCertificates", name, None, opts)
+        settings, instances = args.settings, args.instances
         child = pulumi.ResourceOptions(parent=self)
         if settings.mode == "provided":
             self.ca_cert_pem = None

@@ -8,6 +8,7 @@ keys in guestinfo userdata.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_vsphere as vsphere
@@ -29,12 +30,22 @@ def guestinfo(metadata: str, userdata: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class VsphereVmArgs:
+    host: Host
+    """The host without an address: its name (also the VM's), `vm` sizing, `network` and instance IPs."""
+    site: Vsphere
+    """`mailfleet:vsphere`: where the VM goes and the cloud-init template it is cloned from."""
+    authorized_keys: pulumi.Input[list[str]]
+    """Public keys for the deploy user cloud-init creates: the program's own and people's."""
+
+
 class VsphereVm(pulumi.ComponentResource):
     vm: vsphere.VirtualMachine
 
-    def __init__(self, host: Host, site: Vsphere, authorized_keys: pulumi.Input[list[str]],
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mailfleet:index:VsphereVm", host.name, None, opts)
+    def __init__(self, name: str, args: VsphereVmArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailfleet:index:VsphereVm", name, None, opts)
+        host, site, authorized_keys = args.host, args.site, args.authorized_keys
         invoke = pulumi.InvokeOptions(parent=self)
         datacenter = vsphere.get_datacenter_output(name=site.datacenter, opts=invoke)
         dc_id = datacenter.id

@@ -1,4 +1,4 @@
-"""Read and validate the stack configuration (the `mailfleet:` keys of shared/guide/interface.md).
+"""Read and validate the stack configuration (the `mailfleet:` keys of docs/configuration.md).
 
 `parse_config(raw)` takes the raw config map that Pulumi hands the program (full keys such as
 `mailfleet:hosts`; structured values arrive as JSON text) and returns a `Fleet`, or raises

@@ -513,7 +513,7 @@ def test_check_asks_again_over_tcp_for_an_answer_over_512_bytes(capsys, tmp_path
     assert name in asked_over_tcp
 
 
-# ---- publicIp, empty batches, the README's commands, the program's venv -------------------------
+# ---- publicIp, empty batches, the documented commands, the program's venv -------------------------
 
 def nat_outputs() -> dict:
     """postfix-45 sits behind one-to-one NAT: DNS names its public address, 203.0.113.45."""
@@ -550,20 +550,20 @@ def test_nsupdate_with_a_zone_that_holds_nothing_is_an_error(capsys, outputs_fil
 
 
 def readme_stack(title: str) -> str:
-    """The YAML block that follows a line of README.md starting with `title`."""
-    readme = (REPO / "README.md").read_text()
+    """The YAML block that follows a line of docs/stacks.md starting with `title`."""
+    readme = (REPO / "docs" / "stacks.md").read_text()
     after = readme[readme.index(title):]
     return after[after.index("```yaml\n") + len("```yaml\n"):after.index("\n```", after.index("```yaml"))]
 
 
 def readme_command(prefix: str) -> str:
-    (line,) = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix)]
+    (line,) = [line for line in (REPO / "docs" / "day2.md").read_text().splitlines() if line.startswith(prefix)]
     return line
 
 
 
 def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
-    # The README's example stack, run as the program under mocks, gives the outputs...
+    # The documented example stack, run as the program under mocks, gives the outputs...
     import yaml
 
     import harness
@@ -577,7 +577,7 @@ def test_the_readme_nsupdate_example_makes_a_batch(tmp_path):
     run = harness.run_program(config, ShapeMocks(), secret_keys=secret_keys, stack="prod")
     (tmp_path / "outputs.json").write_text(json.dumps(run.outputs))
 
-    # ...and the README's exact command line makes a batch that adds records and sends them.
+    # ...and the documented exact command line makes a batch that adds records and sends them.
     command = readme_command("venv/bin/python tools/publish_dns.py nsupdate ")
     argv, _, target = command.partition(" > ")
     words = argv.split()

@@ -30,8 +30,8 @@ def validator():
 
 
 def readme_stacks() -> list[dict]:
-    readme = (REPO / "README.md").read_text()
-    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    texts = [path.read_text() for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]]
+    blocks = [block.split("```", 1)[0] for text in texts for block in text.split("```yaml\n")[1:]]
     return [yaml.safe_load(block) for block in blocks if block.startswith("config:")]
 
 

@@ -49,7 +49,7 @@ class Pulumi:
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
             "PULUMI_HOME": str(home),  # no plugin or credential of this machine's user
             # The toolchain's language host (sdk v3.79.0) ignores Pulumi.yaml's `virtualenv`: it
-            # runs the program and the policy pack with this python (README, "Toolchain").
+            # runs the program and the policy pack with this python (docs/toolchain.md).
             "PULUMI_PYTHON_CMD": str(REPO / "venv/bin/python"),
             "PULUMI_BACKEND_URL": f"file://{state}",
             "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
@@ -301,7 +301,7 @@ def test_policy_pack_blocks_a_milter_default_action_accept(pulumi):
     bad("stack", "init", "policy", "--secrets-provider", "passphrase", stack="policy")
     bad.write_config(fleet_config(), stack="policy", secrets={"mailfleet:sshPrivateKey": TestHost().ssh_private_key})
     # The toolchain's language host cannot start a policy pack for this CLI: the toolchain's
-    # launcher, linked into the pack, starts it as an analyzer plugin (README, "Toolchain").
+    # launcher, linked into the pack, starts it as an analyzer plugin (docs/toolchain.md).
     launcher = bad.project / "policy" / "pulumi-policy-pack-python"
     launcher.symlink_to(Path(bad.env["PATH"].split(":")[0]) / "pulumi-policy-pack-python")
     result = bad("preview", "--policy-pack", str(launcher.relative_to(bad.project)), stack="policy", check=False)

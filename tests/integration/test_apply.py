@@ -100,7 +100,7 @@ def host(suite):
 
 
 def unit(host: TestHost, name: str) -> str:
-    """The systemd unit of an instance as the suite's Postfix package names it (see README)."""
+    """The systemd unit of an instance as the suite's Postfix package names it (docs/host.md, "Supported targets")."""
     if host.suite == "bookworm":
         return f"postfix@{name}"
     return "postfix" if name == "-" else f"postfix@{name.removeprefix('postfix-')}"

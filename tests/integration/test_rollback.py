@@ -1,4 +1,4 @@
-"""A change never leaves a host half-applied (issue 7.4), on Debian 12 and Debian 13.
+"""A change never leaves a host half-applied, on Debian 12 and Debian 13.
 
 A host that already runs Debian's Postfix ("Local only") while something holds the dpkg lock gets
 its first apply: the install waits for the lock, the files it replaces are kept as

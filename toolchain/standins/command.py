@@ -3,7 +3,7 @@ over real SSH (paramiko).
 
 The Go module proxy refuses github.com/pulumi/pulumi-command/provider at every version, so the real
 provider cannot be built here (toolchain/SOURCES.md). This stand-in does what mailfleet relies on,
-with pulumi-command's documented behaviour. It is NOT the real provider (README, "Toolchain"):
+with pulumi-command's documented behaviour. It is NOT the real provider (docs/toolchain.md):
 - inputs: connection (host, port=22, user=root, privateKey, privateKeyPassword, password,
   dialErrorLimit=10, perDialTimeout=15, hostKey), create, update, delete, stdin, environment,
   triggers, addPreviousOutputInEnv, logging; outputs: the inputs echoed, plus stdout and stderr

@@ -2,7 +2,7 @@
 
 The real pulumi-command, pulumi-tls and pulumi-vsphere are Go programs whose modules the Go module
 proxy does not serve, so these stand-ins answer the same protocol for exactly the resources and
-functions mailfleet uses. They are NOT the real providers (README, "Toolchain").
+functions mailfleet uses. They are NOT the real providers (docs/toolchain.md).
 
 A subclass gives `version`, `resources` (type token -> Resource) and `functions` (token -> callable).
 Every input change replaces the resource, as for the real tls resources (all ForceNew).
