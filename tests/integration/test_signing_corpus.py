@@ -7,9 +7,11 @@ verified by dkimpy through the test's own DNS server serving exactly the stack's
 test_receiver.py does). What a careful sender refuses is refused at submission with a 5xx that
 says why.
 
-Time bounds (submission to arrival at the sink): 15 s for ordinary messages, 60 s for the 10 MB
-and 30 MB ones, of which Postfix's receiving, cleanup and the milters (its delays=a) at most 5 s:
-the rest is the transfer into the test's Python sink. Measured figures are printed.
+Time bounds (submission to arrival at the sink): 15 s for ordinary messages; for the 10 MB and
+30 MB ones, Postfix's receiving, cleanup and both milters (its delays=a) at most 5 s, and 120 s
+end to end, almost all of it the transfer into the test's Python sink (aiosmtpd takes the 5
+million blank lines one by one: 13 s to 35 s here, with the machine's load). Measured figures are
+printed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ INSTANCE = {"name": "postfix-43", "ip": "127.0.0.43", "hostname": "s43.mail.exam
 RELAY_CLIENT = "198.51.100.7"
 SENDER = "news@example.com"
 ALGORITHMS = {"rsa-sha256", "ed25519-sha256"}
-ORDINARY_BOUND_S, LARGE_BOUND_S, SIGNING_PATH_BOUND_S = 15, 60, 5
+ORDINARY_BOUND_S, LARGE_BOUND_S, SIGNING_PATH_BOUND_S = 15, 120, 5
 STATE: dict[str, dict] = {}
 figures: dict[str, float] = {}
 
