@@ -14,8 +14,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import jinja2
-
 from mailfleet import render
 from mailfleet.config import Fleet, Host, Instance
 
@@ -45,16 +43,8 @@ def _heredoc(content: str) -> str:
     return content
 
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(STEPS),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    # bash's ${#array[@]} would open a jinja comment.
-    comment_start_string="<%#",
-    comment_end_string="#%>",
-)
+# bash's ${#array[@]} would open a jinja comment.
+_env = render.environment(STEPS, comment_start_string="<%#", comment_end_string="#%>")
 _env.filters["q"] = shlex.quote
 _env.filters["heredoc"] = _heredoc
 _env.globals.update(put_file=_put, eof=_EOF)

@@ -19,13 +19,15 @@ TLS_DIR = "/etc/mailfleet/tls"
 MESSAGE_SIZE_LIMIT = 50 * 1024 * 1024  # bytes of a whole message, encoded attachments included
 VM_USER = "mailfleet"  # the sudo user cloud-init creates on VMs; root login stays closed
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+def environment(directory: Path, **options) -> jinja2.Environment:
+    """The jinja2 settings every template of mailfleet's is written for: a missing value is an
+    error, and block tags leave no blank lines or indentation behind."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, **options)
+
+
+_env = environment(TEMPLATES)
 
 
 def render(template: str, **context) -> str:

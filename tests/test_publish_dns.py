@@ -13,23 +13,18 @@ import json
 import os
 import re
 import socket
-import socketserver
-import struct
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.name
 import dns.query
-import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
 import dns.zone
 import pytest
 
@@ -37,7 +32,7 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "publish_dns.py"
 REPO = TOOL.parent.parent
 sys.path.insert(0, str(TOOL.parent))
 import publish_dns  # noqa: E402
-from integration.dnsserver import ZoneAnswers  # noqa: E402
+from integration.dnsserver import serving  # noqa: E402
 
 SERVER_ADDRESS = "127.0.0.153"  # 127.0.0.53 is systemd-resolved's on many machines
 
@@ -303,44 +298,9 @@ def test_confirm_reverse_needs_both_directions():
 
 
 
-@contextlib.contextmanager
 def dns_server(zone_lines: list[str]):
     """Serve the zone lines over UDP and TCP on SERVER_ADDRESS; yields the port."""
-    answers = ZoneAnswers("\n".join(zone_lines))
-
-    class UdpHandler(socketserver.BaseRequestHandler):
-        def handle(self):
-            data, sock = self.request
-            sock.sendto(answers.respond(data, 512), self.client_address)
-
-    class TcpHandler(socketserver.StreamRequestHandler):
-        def handle(self):
-            while header := self.rfile.read(2):
-                query = self.rfile.read(struct.unpack("!H", header)[0])
-                reply = answers.respond(query, None)
-                self.wfile.write(struct.pack("!H", len(reply)) + reply)
-
-    class Udp(socketserver.ThreadingMixIn, socketserver.UDPServer):
-        daemon_threads = True
-
-    class Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    udp = Udp((SERVER_ADDRESS, 0), UdpHandler)
-    port = udp.server_address[1]
-    tcp = Tcp((SERVER_ADDRESS, port), TcpHandler)
-    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (udp, tcp)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield port
-    finally:
-        for server in (udp, tcp):
-            server.shutdown()
-            server.server_close()
-        for thread in threads:
-            thread.join(timeout=5)
+    return serving("\n".join(zone_lines), SERVER_ADDRESS)
 
 
 def check(capsys, outputs_file, port) -> tuple[int, str]:
@@ -455,45 +415,9 @@ def dns_server_without_edns(zone_lines: list[str]):
     """Like dns_server, but as a server that knows no EDNS: over UDP an answer is cut at 512 bytes
     whatever size the client offers, and comes back empty with TC set. Yields the port and the
     names asked over TCP."""
-    answers = ZoneAnswers("\n".join(zone_lines))
     asked_over_tcp: list[str] = []
-
-    class UdpHandler(socketserver.BaseRequestHandler):
-        def handle(self):
-            data, sock = self.request
-            query = dns.message.from_wire(data)
-            query.use_edns(False)
-            sock.sendto(answers.respond(query.to_wire(), 512), self.client_address)
-
-    class TcpHandler(socketserver.StreamRequestHandler):
-        def handle(self):
-            while header := self.rfile.read(2):
-                query = self.rfile.read(struct.unpack("!H", header)[0])
-                asked_over_tcp.append(dns.message.from_wire(query).question[0].name.to_text())
-                reply = answers.respond(query, None)
-                self.wfile.write(struct.pack("!H", len(reply)) + reply)
-
-    class Udp(socketserver.ThreadingMixIn, socketserver.UDPServer):
-        daemon_threads = True
-
-    class Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    udp = Udp((SERVER_ADDRESS, 0), UdpHandler)
-    port = udp.server_address[1]
-    tcp = Tcp((SERVER_ADDRESS, port), TcpHandler)
-    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (udp, tcp)]
-    for thread in threads:
-        thread.start()
-    try:
+    with serving("\n".join(zone_lines), SERVER_ADDRESS, edns=False, asked_over_tcp=asked_over_tcp) as port:
         yield port, asked_over_tcp
-    finally:
-        for server in (udp, tcp):
-            server.shutdown()
-            server.server_close()
-        for thread in threads:
-            thread.join(timeout=5)
 
 
 def test_check_asks_again_over_tcp_for_an_answer_over_512_bytes(capsys, tmp_path):

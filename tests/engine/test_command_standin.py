@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.testhost import TestHost, TestHostUnavailable, skip_or_fail
+from integration.testhost import TestHost, booted
 
 pytestmark = pytest.mark.engine
 
@@ -122,13 +122,8 @@ def test_copy_check_takes_file_and_string_assets_and_a_file_archive_and_refuses_
 
 @pytest.fixture(scope="module")
 def host():
-    test_host = TestHost()
-    try:
-        test_host.start()
-    except TestHostUnavailable as error:
-        skip_or_fail(f"no test host: {error}")
-    yield test_host
-    test_host.stop()
+    with booted(ips=()) as test_host:
+        yield test_host
 
 
 RUN = """

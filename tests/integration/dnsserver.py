@@ -6,9 +6,12 @@ Run inside the test namespace (like mailsink.py):
 FILE holds BIND lines with absolute names (the stack's `zoneFile` output). Names it does not
 hold get NXDOMAIN; it recurses for no one. UDP answers too big for 512 bytes (or the client's
 EDNS size) are truncated, so clients retry over TCP, which it serves too.
+
+The tests of tools/publish_dns.py run the same server in their own process (`serving`).
 """
 
 import argparse
+import contextlib
 import signal
 import socketserver
 import struct
@@ -51,24 +54,30 @@ class ZoneAnswers:
             return response.to_wire()
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--zone", required=True)
-    parser.add_argument("--address", default="127.0.0.153")
-    parser.add_argument("--port", type=int, default=53)
-    args = parser.parse_args()
-    with open(args.zone) as f:
-        answers = ZoneAnswers(f.read())
+@contextlib.contextmanager
+def serving(zone_text: str, address: str, port: int = 0, *, edns: bool = True,
+            asked_over_tcp: list[str] | None = None):
+    """Serve the zone over UDP and TCP on address:port (0: a free port, the same for both); yields
+    the port. edns=False plays a server that knows no EDNS: over UDP an answer is cut at 512 bytes
+    whatever size the client offers. asked_over_tcp, when given, collects the names asked over TCP."""
+    answers = ZoneAnswers(zone_text)
 
     class UdpHandler(socketserver.BaseRequestHandler):
         def handle(self):
             data, sock = self.request
+            if not edns:
+                query = dns.message.from_wire(data)
+                query.use_edns(False)
+                data = query.to_wire()
             sock.sendto(answers.respond(data, 512), self.client_address)
 
     class TcpHandler(socketserver.StreamRequestHandler):
         def handle(self):
             while header := self.rfile.read(2):
-                reply = answers.respond(self.rfile.read(struct.unpack("!H", header)[0]), None)
+                query = self.rfile.read(struct.unpack("!H", header)[0])
+                if asked_over_tcp is not None:
+                    asked_over_tcp.append(dns.message.from_wire(query).question[0].name.to_text())
+                reply = answers.respond(query, None)
                 self.wfile.write(struct.pack("!H", len(reply)) + reply)
 
     class Udp(socketserver.ThreadingMixIn, socketserver.UDPServer):
@@ -78,15 +87,35 @@ def main():
         daemon_threads = True
         allow_reuse_address = True
 
+    udp = Udp((address, port), UdpHandler)
+    tcp = Tcp((address, udp.server_address[1]), TcpHandler)
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (udp, tcp)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield udp.server_address[1]
+    finally:
+        for server in (udp, tcp):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--zone", required=True)
+    parser.add_argument("--address", default="127.0.0.153")
+    parser.add_argument("--port", type=int, default=53)
+    args = parser.parse_args()
+    with open(args.zone) as f:
+        zone_text = f.read()
+    # Blocked before the server threads start, so that they inherit the mask and only sigwait sees these.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    servers = [Udp((args.address, args.port), UdpHandler), Tcp((args.address, args.port), TcpHandler)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("ready", flush=True)
-    signal.sigwait(stop_signals)
-    for server in servers:
-        server.shutdown()
+    with serving(zone_text, args.address, args.port):
+        print("ready", flush=True)
+        signal.sigwait(stop_signals)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ import os
 import posixpath
 import socket
 import stat
+import sys
 import threading
 import time
 from base64 import b64decode, b64encode
+from pathlib import Path
 
 import paramiko
 import pulumi
@@ -29,8 +31,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
-from paramiko.common import cMSG_CHANNEL_REQUEST
 from pulumi.runtime import rpc
+
+# What the stand-in providers do the same way: unwrap secrets, read any private key for paramiko,
+# and an SSH setenv that waits for sshd's answer.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "toolchain" / "standins"))
+from command import paramiko_key, setenv  # noqa: E402
+from standin import plain  # noqa: E402
 
 PEM = serialization.Encoding.PEM
 CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
@@ -53,17 +60,6 @@ SUBJECT_FIELDS = [("country", NameOID.COUNTRY_NAME), ("province", NameOID.STATE_
                   ("organizationalUnit", NameOID.ORGANIZATIONAL_UNIT_NAME),
                   ("commonName", NameOID.COMMON_NAME), ("serialNumber", NameOID.SERIAL_NUMBER)]
 PRIVATE_OUTPUTS = ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh")
-
-
-def plain(value):
-    """Unwrap secrets: mock inputs carry them as {sig: secret, "value": ...}, on the top-level property."""
-    if rpc.is_rpc_secret(value):
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def _pem(key, fmt):
@@ -149,37 +145,6 @@ def _extension(obj, cls):
         return obj.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
         return None
-
-
-def _paramiko_key(text, password=None):
-    """Any OpenSSH or PEM private key -> paramiko key (re-encoded as OpenSSH, which all classes read)."""
-    data, pw = text.encode(), password.encode() if password else None
-    key = (serialization.load_ssh_private_key(data, pw) if b"OPENSSH PRIVATE KEY" in data
-           else serialization.load_pem_private_key(data, pw))
-    openssh = _pem(key, serialization.PrivateFormat.OpenSSH)
-    for cls in (paramiko.Ed25519Key, paramiko.RSAKey, paramiko.ECDSAKey):
-        try:
-            return cls.from_private_key(io.StringIO(openssh))
-        except (paramiko.SSHException, ValueError):
-            continue
-    raise ValueError("unsupported private key type")
-
-
-def _setenv(chan, name, value):
-    """An SSH "env" request that, unlike paramiko's, waits for the reply (like Go's Session.Setenv)."""
-    m = paramiko.Message()
-    m.add_byte(cMSG_CHANNEL_REQUEST)
-    m.add_int(chan.remote_chanid)
-    m.add_string("env")
-    m.add_boolean(True)  # want_reply: sshd answers failure for names outside AcceptEnv
-    m.add_string(name)
-    m.add_string(value)
-    chan._event_pending()
-    chan.transport._send_user_message(m)
-    try:
-        chan._wait_for_event()
-    except paramiko.SSHException:
-        raise RuntimeError(f"could not set environment variable {json.dumps(name)}: ssh: setenv failed") from None
 
 
 def _tcp(host, port):
@@ -313,7 +278,7 @@ class RealMocks(pulumi.runtime.Mocks):
         limit = int(c.get("dialErrorLimit", 10))
         attempts = limit + 1 if limit >= 0 else 30  # "unlimited" is still bounded here
         timeout = int(c.get("perDialTimeout") or 15)
-        pkey = _paramiko_key(c["privateKey"], c.get("privateKeyPassword")) if c.get("privateKey") else None
+        pkey = paramiko_key(c["privateKey"], c.get("privateKeyPassword")) if c.get("privateKey") else None
         for attempt in range(1, attempts + 1):
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -334,7 +299,7 @@ class RealMocks(pulumi.runtime.Mocks):
         with self._ssh(connection) as client:
             chan = client.get_transport().open_session()
             for k, v in (environment or {}).items():
-                _setenv(chan, k, v)
+                setenv(chan, k, v)
             chan.exec_command(script)
             err = []
             # Drain stderr in parallel so neither stream can fill the window and stall the other.

@@ -28,7 +28,7 @@ import spf
 
 from harness import run_program
 from integration.real_mocks import RealMocks
-from integration.test_apply import StatefulMocks
+from integration.test_apply import StatefulMocks, wait_for
 from integration.testhost import TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -77,18 +77,6 @@ def stateful_mocks(host: TestHost) -> StatefulMocks:
 def deploy(host: TestHost, config: dict[str, str], mocks: RealMocks | None = None):
     mocks = mocks or stateful_mocks(host)
     return run_program(config, mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="receiver")
-
-
-def wait_for(host: TestHost, subject: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for received in host.sink_messages():
-            if f"Subject: {subject}\r\n" in received["data"]:
-                return received
-        time.sleep(0.5)
-    queues = host.run("postqueue -p; for d in /etc/postfix-4*; do postqueue -c $d -p; done", check=False)[1]
-    log = host.run("journalctl --no-pager -n 40 | grep -E 'postfix|opendkim'", check=False)[1]
-    raise AssertionError(f"{subject!r} did not reach the sink in {timeout}s; queues:\n{queues}\nlog:\n{log}")
 
 
 # ---- the receiver: DNS only through the test's own server -----------------------------------

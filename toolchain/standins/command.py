@@ -67,7 +67,7 @@ class CommandFailed(Exception):
 
 # ---- SSH ----
 
-def _paramiko_key(text: str, password: str | None) -> paramiko.PKey:
+def paramiko_key(text: str, password: str | None) -> paramiko.PKey:
     """Any OpenSSH or PEM private key, re-encoded as OpenSSH (which every paramiko key class reads)."""
     data, pw = text.encode(), password.encode() if password else None
     key = (serialization.load_ssh_private_key(data, pw) if b"OPENSSH PRIVATE KEY" in data
@@ -97,7 +97,7 @@ def dial(connection: dict) -> paramiko.SSHClient:
     """Connect, retrying like pulumi-command: dialErrorLimit failed dials allowed (-1: no limit)."""
     c = {**CONNECTION_DEFAULTS, **connection}
     limit, timeout = int(c["dialErrorLimit"]), int(c["perDialTimeout"])
-    pkey = _paramiko_key(c["privateKey"], c.get("privateKeyPassword")) if c.get("privateKey") else None
+    pkey = paramiko_key(c["privateKey"], c.get("privateKeyPassword")) if c.get("privateKey") else None
     failures = 0
     while True:
         client = paramiko.SSHClient()
@@ -115,7 +115,7 @@ def dial(connection: dict) -> paramiko.SSHClient:
             time.sleep(min(0.5 * failures, 5))
 
 
-def _setenv(channel: paramiko.Channel, name: str, value: str) -> None:
+def setenv(channel: paramiko.Channel, name: str, value: str) -> None:
     """An SSH "env" request that waits for sshd's answer, as Go's Session.Setenv does (paramiko's
     own update_environment does not ask for one, so a refusal would pass unseen)."""
     message = paramiko.Message()
@@ -136,7 +136,7 @@ def _setenv(channel: paramiko.Channel, name: str, value: str) -> None:
 def _session(client: paramiko.SSHClient, environment: dict) -> paramiko.Channel:
     channel = client.get_transport().open_session()
     for name, value in environment.items():
-        _setenv(channel, name, value)
+        setenv(channel, name, value)
     return channel
 
 
@@ -150,7 +150,7 @@ def run(state: dict, command: str, log) -> dict:
         if state.get("addPreviousOutputInEnv", True) and previous:
             try:
                 for name, value in previous.items():
-                    _setenv(channel, name, value)
+                    setenv(channel, name, value)
             except CommandFailed as error:  # pulumi-command only warns for these
                 log(engine_pb2.WARNING, f"{error} (sshd's AcceptEnv refuses it): the command runs without "
                                         "PULUMI_COMMAND_STDOUT/STDERR")
