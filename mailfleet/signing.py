@@ -29,8 +29,9 @@ TRUSTED_HOSTS = f"{TABLES}/TrustedHosts"
 # opendkim" would not do). Unix sockets: over loopback TCP every message stalled ~87 ms on delayed
 # ACKs. The instances' smtpd and cleanup run unchrooted to reach them (master.cf).
 SOCKET_DIR = "/var/spool/opendkim"
-# Every signed header field: RFC 6376's list, Content-Transfer-Encoding (so a relay cannot re-encode
-# the body under a valid signature's eyes), the threading and list fields receivers show, and
+# Every signed header field: what mailfleet signed before (the fields readers see, MIME-Version,
+# Content-Type, both List-Unsubscribe fields), Content-Transfer-Encoding (so a relay cannot
+# re-encode the body under a valid signature), Sender, the threading and list fields, and
 # Feedback-ID (Gmail's feedback loop). OpenDKIM signs only those a message has.
 SIGN_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "Sender", "MIME-Version",
                 "Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References", "List-Id",
