@@ -19,9 +19,14 @@ def stack_config() -> dict:
     return {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
 
 
+def secret_keys() -> list[str]:
+    # Which keys Pulumi holds as secrets: a tenant password must be one of them.
+    return [key for key in stack_config() if pulumi.runtime.config.is_config_secret(key)]
+
+
 def read_fleet() -> Fleet:
     try:
-        fleet = parse_config(stack_config())
+        fleet = parse_config(stack_config(), secret_keys())
     except ConfigError as error:
         raise pulumi.RunError(str(error)) from None  # before any resource is registered
     for warning in fleet_warnings(fleet):

@@ -26,7 +26,8 @@ class PostfixInstanceArgs:
     ssh_user: str
     """The SSH user, root or one that runs the steps through sudo."""
     after: Sequence[pulumi.Resource] = ()
-    """The steps that must be done on the host first (the default instance, the signer)."""
+    """The steps that must be done on the host first (the default instance, the signer, the tenants'
+    credentials)."""
 
 
 class PostfixInstance(pulumi.ComponentResource):

@@ -33,6 +33,10 @@ def remote_step(
         create=remote_scripts.runner(ssh_user),
         stdin=pulumi.Output.secret(script) if secret else script,
         delete=remote_scripts.inline_command(delete_script, ssh_user) if delete_script else None,
+        # No script reads PULUMI_COMMAND_STDOUT/STDERR. pulumi-command 1.2 sends a step's previous
+        # output in them by SSH setenv, which stock sshd (AcceptEnv LANG LC_*) refuses, and then
+        # warns on every update and delete: a warning nobody can act on.
+        add_previous_output_in_env=False,
         # Listing stdin keeps the copy the provider echoes back encrypted in the state too, and
         # is the only secret mark a policy pack can see.
         opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on),

@@ -385,6 +385,69 @@ def _spf_term(value: str) -> str:
 SpfTerm = _rule(_spf_term, {"pattern": _pattern(r"[^\s]+")})
 
 
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _tenant_name(value: str) -> str:
+    _single_line(value)
+    if not _TENANT_NAME.fullmatch(value):
+        raise _problem(f"{value!r} must be 1 to 64 lowercase letters, digits, '.', '_' or '-' (it is the SASL "
+                       "login name)")
+    return value
+
+
+TenantName = _rule(_tenant_name, {"pattern": _pattern(_TENANT_NAME.pattern)})
+
+TENANT_PASSWORD_MIN_LENGTH = 16
+TENANT_PASSWORD_MIN_DISTINCT = 6
+
+
+def _tenant_password(value: str) -> str:
+    # Never echo the value: it is a secret.
+    if any(not c.isprintable() for c in value):
+        raise _problem("contains a control character")
+    if not value:
+        raise _problem(f"is empty; a tenant password needs at least {TENANT_PASSWORD_MIN_LENGTH} characters")
+    if len(value) < TENANT_PASSWORD_MIN_LENGTH:
+        raise _problem(f"is {len(value)} characters long; a tenant password needs at least "
+                       f"{TENANT_PASSWORD_MIN_LENGTH} (e.g. `openssl rand -base64 24`)")
+    if len(set(value)) < TENANT_PASSWORD_MIN_DISTINCT:
+        raise _problem(f"is weak: it has fewer than {TENANT_PASSWORD_MIN_DISTINCT} different characters")
+    return value
+
+
+# Dovecot's strong password schemes and the shape of their hashes; other schemes Dovecot knows are
+# fast hashes (or clear text) that a stolen passwd-file gives up quickly.
+PASSWORD_SCHEMES = {
+    "ARGON2ID": re.compile(r"\$argon2id\$v=19\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"),
+    "ARGON2I": re.compile(r"\$argon2i\$v=19\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"),
+    "SHA512-CRYPT": re.compile(r"\$6\$(?:rounds=[0-9]+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}"),
+    "BLF-CRYPT": re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}"),
+}
+_WEAK_SCHEMES = {"PLAIN", "CLEAR", "CLEARTEXT", "PLAIN-TRUNC", "CRAM-MD5", "DIGEST-MD5", "MD5", "PLAIN-MD5", "LDAP-MD5",
+                 "SMD5", "MD5-CRYPT", "CRYPT", "DES-CRYPT", "SHA", "SHA1", "SSHA", "SHA256", "SSHA256", "SHA512",
+                 "SSHA512", "SHA256-CRYPT", "PBKDF2", "SCRAM-SHA-1", "SCRAM-SHA-256", "LANMAN", "NTLM", "OTP", "RPA",
+                 "SKEY", "PLAIN-MD4"}
+_SCHEMED = re.compile(r"\{([A-Za-z0-9.-]+)\}(.*)")
+
+
+def _password_hash(value: str) -> str:
+    # Not echoed either: a hash is what an attacker would want to crack offline.
+    match = _SCHEMED.fullmatch(value)
+    known = ", ".join(f"{{{s}}}" for s in PASSWORD_SCHEMES)
+    if not match:
+        raise _problem(f"is not a Dovecot password hash: expected {{SCHEME}}hash with a scheme of {known} "
+                       "(e.g. from `doveadm pw -s ARGON2ID`)")
+    scheme = match[1].upper()
+    if scheme in _WEAK_SCHEMES:
+        raise _problem(f"{{{match[1]}}} is a weak scheme: use one of {known}")
+    if scheme not in PASSWORD_SCHEMES:
+        raise _problem(f"{{{match[1]}}} is an unknown scheme: use one of {known}")
+    if not PASSWORD_SCHEMES[scheme].fullmatch(match[2]):
+        raise _problem(f"is not a valid {{{scheme}}} hash")
+    return f"{{{scheme}}}{match[2]}"
+
+
 # ---- the models ----------------------------------------------------------------------------
 
 class _Model(BaseModel):
@@ -527,6 +590,31 @@ class Dmarc(_Model):
     rua: _rule(_mailto, {"pattern": _NO_CONTROL}) | None = Field(None, description="mailto: address for aggregate reports")
 
 
+class Tenant(_Model):
+    """A client application that submits with SASL on 587/465, bound to its domains and instances."""
+
+    name: TenantName = Field(
+        description="the SASL login name")
+    password: _rule(_tenant_password, {"minLength": TENANT_PASSWORD_MIN_LENGTH}) | None = Field(
+        None, repr=False, description="a secret (pulumi config set --secret --path 'mailfleet:tenants[N].password')")
+    password_hash: _rule(_password_hash, {"pattern": _pattern(r"\{[A-Za-z0-9.-]+\}.+")}) | None = Field(
+        None, repr=False, description="instead of password: a Dovecot hash, {ARGON2ID}, {SHA512-CRYPT}, ...")
+    domains: Annotated[tuple[DnsName, ...], non_empty("domain"), _schema(minItems=1)] = Field(
+        description="the only envelope sender domains the tenant may use: signing domains or their subdomains")
+    instances: Annotated[tuple[InstanceName, ...], non_empty("instance (leave instances out for all)"),
+                         _schema(minItems=1)] | None = Field(
+        None, description="the instances where the tenant may authenticate (default: all)")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Tenant:
+        if (self.password is None) == (self.password_hash is None):
+            raise _problem("needs exactly one of password (a secret) and passwordHash")
+        return self
+
+    def allowed_on(self, instance: Instance) -> bool:
+        return self.instances is None or instance.name in self.instances
+
+
 class Fleet(_Model):
     """The whole `mailfleet:` configuration of a stack (each field is one `mailfleet:KEY`)."""
 
@@ -548,6 +636,7 @@ class Fleet(_Model):
         {}, description="per signing domain: SPF terms kept before -all, for the domain's other senders")
     spf_shared: TxtName | None = Field(None, description="also publish the fleet's SPF record at this name")
     allow_unsigned_senders: StrictBool = False
+    tenants: tuple[Tenant, ...] = Field((), description="client applications that submit with SASL on 587/465")
 
     @property
     def instances(self) -> list[tuple[Host, Instance]]:
@@ -609,7 +698,7 @@ class ConfigError(ValueError):
 _KEYS = {field.alias: name for name, field in Fleet.model_fields.items()}
 # Everything but plain strings arrives from Pulumi as JSON text.
 _STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "tls", "dmarc",
-               "spfExtra", "allowUnsignedSenders"}
+               "spfExtra", "allowUnsignedSenders", "tenants"}
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -622,9 +711,10 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def parse_config(raw: dict[str, Any]) -> Fleet:
+def parse_config(raw: dict[str, Any], secret_keys: Iterable[str] = ()) -> Fleet:
     """Validate the raw `mailfleet:*` config map; other namespaces (vsphere:, ...) are ignored,
-    unless one is a typo of `mailfleet`."""
+    unless one is a typo of `mailfleet`. `secret_keys` are the full keys Pulumi holds as secrets:
+    a tenant password in any other key is refused."""
     problems: list[str] = []
     values: dict[str, Any] = {}
     unreadable: set[str] = set()
@@ -649,6 +739,7 @@ def parse_config(raw: dict[str, Any]) -> Fleet:
     except ValidationError as error:
         problems += [problem for key, problem in _problems(error) if key not in unreadable]
     problems += [f"{path}: {message}" for path, message in _relations(values)]
+    problems += [f"{path}: {message}" for path, message in _plain_passwords(values, set(secret_keys))]
     if problems:
         raise ConfigError(problems)
     return fleet
@@ -784,8 +875,9 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
                                        "so they are VMs to create")
     existing_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is not None]
     if existing_hosts and values.get("sshPrivateKey") is None:
-        yield f"{NAMESPACE}:sshPrivateKey", (f"is required to reach existing host(s) {', '.join(existing_hosts)} "
-                                             "(pulumi config set --secret mailfleet:sshPrivateKey < key)")
+        yield f"{NAMESPACE}:sshPrivateKey", (
+            f"is not set; it is required to reach existing host(s) {', '.join(existing_hosts)} "
+            "(set it: pulumi config set --secret mailfleet:sshPrivateKey < KEYFILE)")
 
     dkim_domains: list[str] = []
     seen_keys: set[tuple[str, str]] = set()
@@ -799,6 +891,50 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         seen_keys.add((domain, selector))
 
     yield from _spf(values, dkim_domains, public_addresses, hosts)
+    instance_names = {_valid(InstanceName, i.get("name")) for _, h in hosts for _, i in _items(h.get("instances"))}
+    yield from _tenants(values, dkim_domains, instance_names - {None})
+
+
+def _tenants(values: dict[str, Any], dkim_domains: list[str], instance_names: set[str]) -> Iterator[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for t, tenant in _items(values.get("tenants")):
+        path = f"{NAMESPACE}:tenants[{t}]"
+        name = _valid(TenantName, tenant.get("name"))
+        if name is not None:
+            first = seen.setdefault(name, path)
+            if first != path:
+                yield f"{path}.name", f"duplicate tenant name {name!r} (also {first})"
+        domains = tenant.get("domains")
+        own: set[str] = set()
+        for d, raw_domain in enumerate(domains if isinstance(domains, list) else []):
+            domain = _valid(DnsName, raw_domain)
+            if domain is None:
+                continue
+            if domain in own:
+                yield f"{path}.domains[{d}]", f"duplicate domain {domain!r}"
+            own.add(domain)
+            if dkim_domains and not any(domain == s or domain.endswith(f".{s}") for s in dkim_domains):
+                yield f"{path}.domains[{d}]", (
+                    f"{domain} is not a signing domain (mailfleet:dkim) or a subdomain of one: its mail would "
+                    f"leave unsigned; signing domains: {', '.join(dict.fromkeys(dkim_domains))}")
+        instances = tenant.get("instances")
+        for i, raw_instance in enumerate(instances if isinstance(instances, list) else []):
+            instance = _valid(InstanceName, raw_instance)
+            if instance is not None and instance_names and instance not in instance_names:
+                yield f"{path}.instances[{i}]", (f"{instance!r} is not an instance of mailfleet:hosts "
+                                                 f"({', '.join(sorted(instance_names))})")
+
+
+def _plain_passwords(values: dict[str, Any], secret_keys: set[str]) -> Iterator[tuple[str, str]]:
+    """A tenant password must come from a Pulumi secret: in plain config it sits in clear in
+    Pulumi.<stack>.yaml (and in git), and the program would not know to keep it secret."""
+    if f"{NAMESPACE}:tenants" in secret_keys:
+        return
+    for t, tenant in _items(values.get("tenants")):
+        if tenant.get("password") is not None:
+            yield f"{NAMESPACE}:tenants[{t}].password", (
+                f"is not a secret: set it with `pulumi config set --secret --path '{NAMESPACE}:tenants[{t}].password'` "
+                "(or give passwordHash instead)")
 
 
 def _network_sanity(network: HostNetwork, path: str) -> Iterator[tuple[str, str]]:
@@ -872,9 +1008,12 @@ def _spf(values: dict[str, Any], dkim_domains: list[str], public_addresses: list
 def fleet_warnings(fleet: Fleet) -> list[str]:
     """What is allowed but probably wrong, for the program to print (pulumi.log.warn)."""
     warnings = []
+    # A fleet on loopback addresses only is a demo or test host (scripts/run local): no receiver
+    # ever sees it, so there is no public address to name. One loopback among real ones is a slip.
+    loopback_only = all(ipaddress.IPv4Address(instance.ip).is_loopback for _, instance in fleet.instances)
     for h, host in enumerate(fleet.hosts):
         for i, instance in enumerate(host.instances):
-            if instance.public_ip is None and is_private(instance.ip):
+            if instance.public_ip is None and is_private(instance.ip) and not loopback_only:
                 kind = "a loopback (test)" if ipaddress.IPv4Address(instance.ip).is_loopback else "a private"
                 warnings.append(
                     f"{NAMESPACE}:hosts[{h}].instances[{i}]: instance {instance.name} sends from {kind} address "
@@ -902,11 +1041,14 @@ def stack_file_schema() -> dict[str, Any]:
               "additionalProperties": False, "description": "a secret set with `pulumi config set --secret`"}
     properties = {}
     for key, schema in fleet["properties"].items():
-        if key in ("sshPrivateKey", "tls"):
+        if key in ("sshPrivateKey", "tls", "tenants"):
             schema = {"anyOf": [schema, {"$ref": "#/$defs/secure"}]}
         properties[f"{NAMESPACE}:{key}"] = schema
     tls = definitions["Tls"]["properties"]
     tls["keyPem"] = {"anyOf": [tls["keyPem"], {"$ref": "#/$defs/secure"}]}
+    # In the file a tenant password is only ever a secret (`pulumi config set --secret --path`).
+    tenant = definitions["Tenant"]["properties"]
+    tenant["password"] = {"$ref": "#/$defs/secure", "description": tenant["password"]["description"]}
     config = {
         "type": "object",
         "description": "Stack configuration: mailfleet's keys, and other namespaces (vsphere:, ...) left alone.",

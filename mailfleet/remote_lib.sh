@@ -400,3 +400,23 @@ reload_unit() {
     systemctl reload "$1"
   fi
 }
+
+# probe_auth_socket SOCKET: Dovecot runs and its auth listener for Postfix is there, a socket that
+# only the postfix account opens. Retries for about ten seconds: a started Dovecot takes a moment.
+probe_auth_socket() {
+  local socket=$1 seen=''
+  for _ in $(seq 20); do
+    if ! systemctl is-active -q dovecot; then
+      seen="dovecot is $(systemctl is-active dovecot || true)"
+    elif [ ! -S "$socket" ]; then
+      seen="no socket $socket"
+    elif [ "$(stat -c %U:%G:%a "$socket")" != postfix:postfix:660 ]; then
+      seen="$socket is $(stat -c %U:%G:%a "$socket"), not postfix:postfix:660"
+    else
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "$seen; $(journalctl -u dovecot -n 3 --no-pager -o cat 2>/dev/null | tr '\n' ' ')"
+  return 1
+}

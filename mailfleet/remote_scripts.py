@@ -14,13 +14,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mailfleet import render
+from mailfleet import render, tenants
 from mailfleet.config import Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-# Postfix, and what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe).
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest")
+# Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe)
+# and Dovecot's core (the tenants' SASL backend).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 
@@ -78,7 +79,8 @@ def preflight(host: Host) -> str:
 
 
 def packages() -> str:
-    """Install Postfix and OpenDKIM when missing; touch nothing when they are there."""
+    """Install Postfix, OpenDKIM and Dovecot's core (the tenants' SASL backend) when missing; touch
+    nothing when they are there."""
     return script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
@@ -101,7 +103,7 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
     return script("instance_config", name=instance.name, directory=render.instance_dir(instance),
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
-                   master_cf=render.instance_master_cf(instance),
+                   master_cf=render.instance_master_cf(fleet, instance),
                    tables=render.instance_tables(instance))
 
 
@@ -109,3 +111,25 @@ def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
                    tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+
+
+_TENANTS = dict(conf=render.DOVECOT_CONF, passwd_dir=render.PASSWD_DIR, socket=render.AUTH_SOCKET,
+                sender_map=render.TENANT_SENDER_MAP)
+
+
+def tenant_credentials(fleet: Fleet, host: Host) -> str:
+    """Dovecot as the SASL backend (auth only), a passwd-file per instance of this host with the
+    password hashes of the tenants allowed there, and the tenants' sender map. Secret: it holds
+    password hashes. With no tenants, no credentials stay and Dovecot is stopped."""
+    hashes = {tenant.name: tenants.password_hash(tenant) for tenant in fleet.tenants}
+    passwd_files = {render.passwd_file_path(instance): tenants.passwd_file(
+        {tenant.name: hashes[tenant.name] for tenant in tenants.allowed(fleet, instance)})
+        for instance in host.instances} if fleet.tenants else {}
+    return script("tenants", passwd_files=passwd_files,
+                   dovecot_confs={version: render.dovecot_conf(version) for version in render.DOVECOT_VERSIONS},
+                   sender_map_text=render.tenant_sender_map(tenants.sender_owners(fleet)), **_TENANTS)
+
+
+def tenant_credentials_delete() -> str:
+    """On destroy: no credentials stay behind, and Dovecot, which served only them, stops."""
+    return script("tenants_delete", **_TENANTS)

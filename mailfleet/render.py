@@ -62,6 +62,10 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
     from mailfleet import signing  # here, not above: signing renders its own files with this module
     return render(
         "etc/postfix-instance/main.cf.j2",
+        tenants=bool(fleet.tenants),
+        auth_socket=AUTH_SOCKET,
+        sender_map=TENANT_SENDER_MAP,
+        auth_rate_limit=AUTH_RATE_LIMIT,
         instance=instance,
         directory=instance_dir(instance),
         mail_name=fleet.mail_name,
@@ -75,14 +79,41 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
     )
 
 
-def instance_master_cf(instance: Instance) -> str:
-    return render("etc/postfix-instance/master.cf.j2", instance=instance)
+def instance_master_cf(fleet: Fleet, instance: Instance) -> str:
+    return render("etc/postfix-instance/master.cf.j2", instance=instance, tenants=bool(fleet.tenants))
 
 
 def instance_tables(instance: Instance) -> dict[str, str]:
     """The lookup tables main.cf names, by installed path (beside main.cf)."""
     return {f"{instance_dir(instance)}/{name}": render(f"etc/postfix-instance/{name}.j2", instance=instance)
             for name in ("recipient_access", "header_checks", "body_checks")}
+
+
+# Tenants: Dovecot's auth service is the SASL backend of every instance on a host (the alternative to
+# the Cyrus SASL library in Postfix's SASL_README: a socket, one passwd-file per instance, hashes).
+# The socket is outside every chroot, like the signer's: smtpd runs unchrooted (master.cf).
+DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
+DOVECOT_VERSIONS = ("2.3", "2.4")  # Debian 12 has 2.3, Debian 13 2.4, whose configuration differs
+PASSWD_DIR = "/etc/dovecot/mailfleet"
+AUTH_SOCKET_NAME = "auth-postfix"
+AUTH_SOCKET = f"/run/dovecot/{AUTH_SOCKET_NAME}"
+TENANT_SENDER_MAP = "/etc/mailfleet/tenant_senders"
+# AUTH commands a minute from one client address outside mynetworks (Postfix's anvil), whatever
+# their outcome: enough for an application that keeps its sessions open, few for a password guesser.
+AUTH_RATE_LIMIT = 30
+
+
+def passwd_file_path(instance: Instance) -> str:
+    return f"{PASSWD_DIR}/{instance.name}.passwd"
+
+
+def dovecot_conf(version: str) -> str:
+    return render("etc/dovecot/dovecot.conf.j2", version=version, passwd_dir=PASSWD_DIR,
+                   socket_name=AUTH_SOCKET_NAME)
+
+
+def tenant_sender_map(owners: dict[str, list[str]]) -> str:
+    return render("etc/mailfleet/tenant_senders.j2", owners=owners)
 
 
 def cloud_init_metadata(host: Host) -> str:

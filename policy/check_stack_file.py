@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import yaml
 
 MUST_BE_SECRET = ("mailfleet:sshPrivateKey", "mailfleet:tls.keyPem", "vsphere:password")
+# Paths with an index: each tenant's password (`--secret --path 'mailfleet:tenants[0].password'`).
+MUST_BE_SECRET_PATTERNS = (re.compile(r"mailfleet:tenants\[[0-9]+\]\.password"),)
 PRIVATE_KEY_MARKER = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 
@@ -44,7 +46,8 @@ def plaintext_secrets(stack_file: dict) -> list[str]:
     problems = []
     for key, value in (stack_file.get("config") or {}).items():
         for path, plain in _plain_values(value, key):
-            if path in MUST_BE_SECRET and plain not in (None, ""):
+            must = path in MUST_BE_SECRET or any(p.fullmatch(path) for p in MUST_BE_SECRET_PATTERNS)
+            if must and plain not in (None, ""):
                 problems.append(f"{path} is in plaintext: set it with `pulumi config set --secret`")
             elif isinstance(plain, str) and PRIVATE_KEY_MARKER.search(plain):
                 problems.append(f"{path} holds a private key in plaintext: set it with `pulumi config set --secret`")
@@ -52,6 +55,9 @@ def plaintext_secrets(stack_file: dict) -> list[str]:
 
 
 def main(paths: list[str]) -> int:
+    if paths and paths[0] in ("-h", "--help"):
+        print("usage: check_stack_file.py Pulumi.<stack>.yaml [...]\n\n" + __doc__.split("\n\n", 2)[2])
+        return 0
     if not paths:
         print("usage: check_stack_file.py Pulumi.<stack>.yaml [...]", file=sys.stderr)
         return 2

@@ -109,7 +109,8 @@ class Run:
 
 def stack_config(stack_file: Path, secrets: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """A Pulumi.<stack>.yaml as the CLI hands it to the program: scalars as text, structured values
-    as JSON text. `secure:` placeholders take their value from `secrets`."""
+    as JSON text. `secrets` are set as `pulumi config set --secret` would, and a `secure:` value
+    takes its value from them."""
     document = yaml.safe_load(stack_file.read_text())
     config, secret_keys = {}, []
     for key, value in document.get("config", {}).items():
@@ -117,6 +118,9 @@ def stack_config(stack_file: Path, secrets: dict[str, str] | None = None) -> tup
             secret_keys.append(key)
             value = (secrets or {}).get(key, "placeholder-secret")
         config[key] = value if isinstance(value, str) else json.dumps(value)
+    for key, value in (secrets or {}).items():
+        config[key] = value
+        secret_keys += [key] if key not in secret_keys else []
     return config, secret_keys
 
 

@@ -14,10 +14,12 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "dkim-keys": signing.keys_step({key: FAKE_PEM for key in fleet.dkim}),
              "dkim-keys-delete": signing.keys_delete_step(),
              "dkim-config": signing.config_step(fleet.dkim, render.mynetworks(fleet)),
-             "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root")}
+             "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root"),
+             "tenants-delete": remote_scripts.tenant_credentials_delete()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
+        steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

@@ -100,7 +100,7 @@ BAD_INPUTS = [
     ("vsphere", DELETE, "mailfleet:vsphere: is required: host(s) mx1 have no address"),
     ("vsphere", {k: v for k, v in GOOD["vsphere"].items() if k != "cluster"}, "mailfleet:vsphere.cluster: is required"),
     ("vsphere", {**GOOD["vsphere"], "pool": "p"}, "mailfleet:vsphere.pool: unknown key"),
-    ("sshPrivateKey", DELETE, "mailfleet:sshPrivateKey: is required to reach existing host(s) mx2"),
+    ("sshPrivateKey", DELETE, "mailfleet:sshPrivateKey: is not set; it is required to reach existing host(s) mx2 (set it: pulumi config set --secret mailfleet:sshPrivateKey < KEYFILE)"),
     ("sshPrivateKey", "hunter2", "mailfleet:sshPrivateKey: is not a PEM or OpenSSH private key"),
     ("sshAuthorizedKeys", ["ssh-ed25519"], "mailfleet:sshAuthorizedKeys[0]: is not an OpenSSH public key line"),
     ("dkim", [], "mailfleet:dkim: must list at least one"),
@@ -409,6 +409,14 @@ def test_a_private_ip_without_public_ip_is_a_warning_naming_the_instance():
     assert not any("postfix-47" in w for w in fleet_warnings(public))
     loopback = parse_config(raw(changed("hosts.1.instances.0.ip", "127.0.0.47")))
     assert any("postfix-47" in w and "loopback" in w for w in fleet_warnings(loopback))
+
+
+def test_a_loopback_only_fleet_is_a_demo_and_gets_no_address_warning():
+    local = {"dkim": [{"domain": "example.com", "selector": "local1"}], "sshPrivateKey": KEY,
+             "hosts": [{"name": "localmail", "address": "127.0.0.1", "instances": [
+                 {"name": f"postfix-{n}", "ip": f"127.0.0.{n}", "hostname": f"s{n}.local.example.com"}
+                 for n in (11, 12, 13)]}]}
+    assert fleet_warnings(parse_config(raw(local))) == []
 
 
 def test_spf_lookup_limit_counts_only_lookup_terms():

@@ -41,8 +41,18 @@ def test_dkim_value_rejects_what_is_not_a_public_key():
         dns_records.dkim_value(rsa_private_key())
 
 
-def fleet_with_two_hosts():
+def prod_without_nat() -> dict:
+    """Pulumi.prod.yaml with its instances sending from their own addresses (no publicIp)."""
     config, _ = stack_config(REPO / "Pulumi.prod.yaml")
+    hosts = json.loads(config["mailfleet:hosts"])
+    for instance in hosts[0]["instances"]:
+        instance.pop("publicIp", None)
+    config["mailfleet:hosts"] = json.dumps(hosts)
+    return config
+
+
+def fleet_with_two_hosts():
+    config = prod_without_nat()
     config["mailfleet:dmarc"] = '{"policy": "quarantine", "rua": "mailto:dmarc@ecrm.com.tw"}'
     config["mailfleet:dkim"] = '[{"domain": "tt5.ecrm.com.tw", "selector": "s1"}, {"domain": "ecrm.com.tw", "selector": "s2"}]'
     config["mailfleet:sshPrivateKey"] = KEY
@@ -84,7 +94,7 @@ def test_dkim_records_and_zone_file_carry_each_selector_its_own_key():
 
 
 def test_public_ip_is_what_dns_names():
-    config, _ = stack_config(REPO / "Pulumi.prod.yaml")
+    config = prod_without_nat()
     hosts = json.loads(config["mailfleet:hosts"])
     hosts[0]["instances"][1]["publicIp"] = "203.0.113.45"
     config.update({"mailfleet:hosts": json.dumps(hosts), "mailfleet:sshPrivateKey": KEY})
@@ -99,7 +109,7 @@ def test_public_ip_is_what_dns_names():
 
 
 def test_spf_extra_terms_come_before_all_and_spf_shared_is_the_fleet_alone():
-    config, _ = stack_config(REPO / "Pulumi.prod.yaml")
+    config = prod_without_nat()
     config.update({
         "mailfleet:dkim": '[{"domain": "tt5.ecrm.com.tw", "selector": "s1"}, {"domain": "ecrm.com.tw", "selector": "s2"}]',
         "mailfleet:spfExtra": '{"ecrm.com.tw": ["include:_spf.google.com", "~mx"]}',

@@ -27,11 +27,13 @@ TEST_CONFIG = {
                                   {"domain": "example.net", "selector": "s2"}]),
     "mailfleet:relayNetworks": json.dumps(["198.51.100.0/24"]),
     "mailfleet:relayhost": "[127.0.0.1]:2525",
+    "mailfleet:tenants": json.dumps([{"name": "app", "password": "a-long-enough-test-password",
+                                      "domains": ["example.com"], "instances": ["postfix-45"]}]),
 }
 
 
 def fleets():
-    yield "test", parse_config(TEST_CONFIG)
+    yield "test", parse_config(TEST_CONFIG, ["mailfleet:tenants"])
     for stack in ("dev", "prod"):
         yield stack, parse_config(stack_config(REPO / f"Pulumi.{stack}.yaml", {"mailfleet:sshPrivateKey": KEY})[0])
 
@@ -49,7 +51,7 @@ def shellcheck(script: str) -> subprocess.CompletedProcess:
 def test_every_step_template_is_rendered():
     rendered = {name.split(":", 1)[0] for name, _ in STEPS}
     assert rendered == {"test", "dev", "prod"}
-    assert len(remote_scripts.step_names()) == 11  # one template a step; a new one belongs in rendered_steps
+    assert len(remote_scripts.step_names()) == 13  # one template a step; a new one belongs in rendered_steps
 
 
 @pytest.mark.parametrize("name,script", STEPS, ids=[name for name, _ in STEPS])

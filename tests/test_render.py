@@ -146,7 +146,7 @@ def test_senders_nothing_locally_and_speak_strict_protocol():
 
 
 def test_submission_ports_need_tls_and_no_sasl():
-    master = render.instance_master_cf(fleet_of("prod").hosts[0].instances[0])
+    master = render.instance_master_cf(fleet_of("prod"), fleet_of("prod").hosts[0].instances[0])
     assert "smtpd_sasl_auth_enable" not in master
     submission = master.split("submission inet")[1].split("\nsmtps")[0]
     smtps = master.split("smtps     inet")[1].split("\npickup")[0]

@@ -32,7 +32,9 @@ def validator():
 def readme_stacks() -> list[dict]:
     texts = [path.read_text() for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]]
     blocks = [block.split("```", 1)[0] for text in texts for block in text.split("```yaml\n")[1:]]
-    return [yaml.safe_load(block) for block in blocks if block.startswith("config:")]
+    # A whole stack file: its first line that is not a comment is `config:`.
+    return [yaml.safe_load(block) for block in blocks
+            if next((line for line in block.splitlines() if not line.startswith("#")), "") == "config:"]
 
 
 def problems(validator, document) -> list[str]:

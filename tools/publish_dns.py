@@ -13,7 +13,8 @@ provider takes, or checks them against live DNS:
 
 `check` exits 0 when every record is present and right and every instance passes
 forward-confirmed reverse DNS (the PTR of the address receivers see, its `publicIp` or else its
-`ip`, names its hostname, whose A record holds that address); 1 otherwise. Bad input exits 2.
+`ip`, names its hostname, whose A record holds that address); 1 otherwise. Bad input, or a name
+server that does not answer within --timeout, exits 2.
 
 Runs from the program's venv (`scripts/setup`): `check` needs dnspython, which
 requirements.txt installs; the other commands need nothing beyond the program's own code.
@@ -282,6 +283,11 @@ def resolver_lookup(nameserver: str | None = None, port: int = 53, timeout: floa
             answer = resolver.resolve(absolute(name), record_type, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return Answer()
+        except dns.exception.Timeout:
+            # One server that does not answer would time out on every record: say so once, now.
+            server = f"name server {nameserver} (port {port})" if nameserver else "the system resolver"
+            raise InputError(f"{server} did not answer within {timeout:g} s: check the address and port, "
+                             "and that DNS over UDP reaches it from here") from None
         except dns.exception.DNSException as error:
             return Answer(error=str(error) or type(error).__name__)
         if answer.rrset is None:
