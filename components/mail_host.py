@@ -1,9 +1,10 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM) and the tenants'
-credentials (Dovecot) -> one PostfixInstance per IP -> the one-time retirement of mailfleet-signer
-(a no-op where it never ran). A host without an address is first created as a vSphere VM
-(VsphereVm, a child).
+preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
+credentials (Dovecot) and the shaping map -> one PostfixInstance per IP -> the one-time retirement
+of mailfleet-signer (a no-op where it never ran). A host without an address is first created as a
+vSphere VM (VsphereVm, a child), and its network step (cloud-init's result, the instance IPs on its
+interface) runs before preflight.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class MailHost(pulumi.ComponentResource):
         def step(step_name: str, script: str, after: list[pulumi.Resource]) -> remote.Command:
             return remote_step(f"{name}-{step_name}", connection, ssh_user, script, parent=self, depends_on=after)
 
+        if not host.existing:
+            # cloud-init's result checked, and the addresses converged live: a VM takes a new or
+            # removed IP without a reboot (its guestinfo carries the same for the next boot).
+            first_steps_after = [step("network", remote_scripts.network(host), first_steps_after)]
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
@@ -78,11 +83,14 @@ class MailHost(pulumi.ComponentResource):
                               remote_scripts.tenant_credentials(fleet, host), secret=bool(fleet.tenants),
                               delete_script=remote_scripts.tenant_credentials_delete(),
                               parent=self, depends_on=[default_instance])
+        # Before the instances, whose transport_maps ask it; removed after them.
+        shaping_map = remote_step(f"{name}-shaping-map", connection, ssh_user, remote_scripts.shaping_map(fleet),
+                                  delete_script=remote_scripts.shaping_map_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
                 tls_bundle=args.tls_bundles[instance.name], connection=connection, ssh_user=ssh_user,
-                after=[default_instance, signer.ready, tenants]), opts=pulumi.ResourceOptions(parent=self))
+                after=[default_instance, signer.ready, tenants, shaping_map]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.

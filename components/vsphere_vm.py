@@ -84,6 +84,9 @@ class VsphereVm(pulumi.ComponentResource):
             # No clone.customize: it would fight cloud-init over the network.
             clone=vsphere.VirtualMachineCloneArgs(template_uuid=template.id),
             extra_config=extra_config,
+            # The network step applies a changed address list on the running guest; the new
+            # guestinfo is for the next boot. The provider's default would reboot the VM for it.
+            extra_config_reboot_required=False,
             wait_for_guest_net_timeout=10,
             opts=pulumi.ResourceOptions(
                 parent=self,

@@ -457,11 +457,149 @@ class _Model(BaseModel):
                               validate_by_name=True, validate_by_alias=True)
 
 
+# ---- shaping: per-IP limits by receiver group -----------------------------------------------
+
+_GROUP_NAME = re.compile(r"[a-z][a-z0-9]{0,19}")
+
+
+def _group_name(value: str) -> str:
+    _single_line(value)
+    if not _GROUP_NAME.fullmatch(value):
+        raise _problem(f"{value!r} is not a group name (a lowercase letter, then up to 19 letters or digits): "
+                       "it names a Postfix transport and its parameters")
+    return value
+
+
+GroupName = _rule(_group_name, {"pattern": _pattern(_GROUP_NAME.pattern)})
+
+
+def _regex(value: str) -> str:
+    _single_line(value)
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise _problem(f"{value!r} is not a valid regular expression ({error})") from None
+    return value
+
+
+Regex = _rule(_regex, {"pattern": _NO_CONTROL})
+Limit = int_range(1, 1_000_000, "{value} is not a limit: it must be a positive integer")
+
+
+class ShapingLimits(_Model):
+    """Per-IP limits for one receiver group; None keeps the value from the level above."""
+
+    connections: Limit | None = Field(None, description="simultaneous SMTP connections from one IP to the group")
+    messages_per_connection: Limit | None = Field(None, description="messages sent over one connection before it is closed")
+    messages_per_minute: Limit | None = Field(None, description="messages per minute from one IP to the group")
+
+
+class Backoff(_Model):
+    patterns: Annotated[tuple[Regex, ...], non_empty("pattern"), _schema(minItems=1)] = Field(
+        description="regular expressions searched in the receiver's reply")
+    minutes: int_range(1, 10080) = 90
+    connections: Limit = 1
+    messages_per_minute: Limit = 1
+
+
+class Suspend(_Model):
+    patterns: Annotated[tuple[Regex, ...], non_empty("pattern"), _schema(minItems=1)] = Field(
+        description="regular expressions searched in the receiver's reply")
+    minutes: int_range(1, 10080) = 120
+
+
+class ShapingGroup(ShapingLimits):
+    """A receiver group: recipient domains, and MX host suffixes (a company domain hosted by the
+    provider belongs to it too). Fields left out keep the built-in group's value, or the default
+    group's limits for a new group."""
+
+    domains: tuple[DnsName, ...] | None = None
+    mx_suffixes: tuple[DnsName, ...] | None = None
+    backoff: Backoff | None = None
+    suspend: Suspend | None = None
+
+
+DEFAULT_GROUP = "default"
+# Published practice (KumoMTA's shaping defaults, the providers' sender guidelines), per IP.
+# Rates above 60 a minute are not paced by Postfix (whole-second rate delays; see shaping.py).
+BUILTIN_GROUPS: dict[str, dict[str, Any]] = {
+    "google": {
+        "domains": ["gmail.com", "googlemail.com"],
+        "mxSuffixes": ["google.com", "googlemail.com"],
+        "connections": 5, "messagesPerConnection": 50, "messagesPerMinute": 600,
+        "backoff": {"patterns": [r"4\.7\.28"], "minutes": 90},
+    },
+    "microsoft": {
+        "domains": ["outlook.com", "hotmail.com", "live.com", "msn.com", "hotmail.co.uk", "hotmail.fr",
+                    "outlook.fr", "live.co.uk"],
+        "mxSuffixes": ["protection.outlook.com"],
+        "connections": 5, "messagesPerConnection": 50, "messagesPerMinute": 600,
+        "backoff": {"patterns": [r"4\.7\.650", r"S3150"], "minutes": 90},
+    },
+    "yahoo": {
+        "domains": ["yahoo.com", "ymail.com", "rocketmail.com", "yahoo.co.uk", "yahoo.fr", "aol.com", "aim.com"],
+        "mxSuffixes": ["yahoodns.net"],
+        "connections": 5, "messagesPerConnection": 20, "messagesPerMinute": 600,
+        "backoff": {"patterns": [r"\[TS0[1-3]\]"], "minutes": 90},
+        "suspend": {"patterns": [r"\[TS04\]"], "minutes": 120},
+    },
+    "apple": {
+        "domains": ["icloud.com", "me.com", "mac.com"],
+        "mxSuffixes": ["mail.icloud.com"],
+        "connections": 10, "messagesPerConnection": 5, "messagesPerMinute": 600,
+    },
+    DEFAULT_GROUP: {"connections": 10, "messagesPerConnection": 100, "messagesPerMinute": 6000},
+}
+_LIMIT_KEYS = {"connections": "connections", "messages_per_connection": "messagesPerConnection",
+               "messages_per_minute": "messagesPerMinute"}
+
+
+class Shaping(_Model):
+    groups: dict[GroupName, ShapingGroup] = Field(
+        {}, description="receiver groups by name: the built-in google, microsoft, yahoo, apple and default, "
+                        "each field overridable, and new groups")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_builtins(cls, data: Any) -> Any:
+        """The built-in groups, with the stack's fields over them; a new group takes the default
+        group's limits for those it leaves out."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups", {}), dict):
+            return data
+        given = data.get("groups", {})
+        default = {**BUILTIN_GROUPS[DEFAULT_GROUP], **(given.get(DEFAULT_GROUP) or {})} \
+            if isinstance(given.get(DEFAULT_GROUP, {}), dict) else BUILTIN_GROUPS[DEFAULT_GROUP]
+        groups = {}
+        for name in dict.fromkeys([*BUILTIN_GROUPS, *given]):
+            value = given.get(name, {})
+            if not isinstance(value, dict):
+                groups[name] = value  # reported by the model as not an object
+                continue
+            base = BUILTIN_GROUPS.get(name) or {key: default[key] for key in _LIMIT_KEYS.values() if key in default}
+            merged = {**base, **value}
+            for key in ("backoff", "suspend"):  # a stack may change one field of them: minutes, say
+                if isinstance(base.get(key), dict) and isinstance(value.get(key), dict):
+                    merged[key] = {**base[key], **value[key]}
+            groups[name] = merged
+        return {**data, "groups": groups}
+
+    def limits(self, group: str, instance: "Instance") -> ShapingLimits:
+        """The limits of `group` on `instance`: the instance's own over the fleet's."""
+        base = self.groups[group]
+        own = instance.shaping.get(group) if instance.shaping else None
+        values = {field: getattr(base, field) for field in _LIMIT_KEYS}
+        if own is not None:
+            values.update({field: getattr(own, field) for field in _LIMIT_KEYS if getattr(own, field) is not None})
+        return ShapingLimits(**values)
+
+
 class Instance(_Model):
     name: InstanceName = Field(description="the postmulti instance name, postfix-...")
     ip: InstanceIp = Field(description="the IPv4 address the instance listens on and sends from")
     hostname: DnsName = Field(description="the FQDN that is this IP's PTR and HELO")
     public_ip: PublicIPv4 | None = Field(None, description="the address receivers see, when ip is behind one-to-one NAT")
+    shaping: dict[GroupName, ShapingLimits] | None = Field(
+        None, description="per receiver group (mailfleet:shaping): limits for this IP over the fleet's")
 
     @property
     def public_address(self) -> str:
@@ -630,6 +768,7 @@ class Fleet(_Model):
     relayhost: _rule(_relayhost, {"pattern": _NO_CONTROL}) | None = None
     mail_name: _rule(_mail_name, {"pattern": _pattern(_MAIL_NAME.pattern)}) = "Postfix"
     queue: Queue = Queue()
+    shaping: Shaping = Shaping()
     tls: Tls = Tls()
     dmarc: Dmarc = Dmarc()
     spf_extra: dict[DnsName, tuple[SpfTerm, ...]] = Field(
@@ -697,7 +836,7 @@ class ConfigError(ValueError):
 
 _KEYS = {field.alias: name for name, field in Fleet.model_fields.items()}
 # Everything but plain strings arrives from Pulumi as JSON text.
-_STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "tls", "dmarc",
+_STRUCTURED = {"hosts", "vsphere", "sshAuthorizedKeys", "dkim", "relayNetworks", "queue", "shaping", "tls", "dmarc",
                "spfExtra", "allowUnsignedSenders", "tenants"}
 
 
@@ -841,6 +980,8 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         if first != path:
             yield f"{path}.{key}", f"duplicate {what} {value!r} (also {first})"
 
+    given_groups = values.get("shaping", {}).get("groups") if isinstance(values.get("shaping"), dict) else None
+    groups = {*BUILTIN_GROUPS, *(given_groups if isinstance(given_groups, dict) else {})}
     public_addresses: list[tuple[str, str]] = []
     seen_public: dict[str, tuple[str, str]] = {}
     for h, host in hosts:
@@ -868,6 +1009,11 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
                 yield from _inside_network(ip, network, f"{path}.ip")
             if ip is not None or public_ip is not None:
                 public_addresses.append((public_ip or ip, path))
+            shaping = instance.get("shaping")
+            for group in (shaping if isinstance(shaping, dict) else {}):
+                if group not in groups:
+                    yield f"{path}.shaping.{group}", (f"unknown group {group!r} (groups: {', '.join(sorted(groups))}; "
+                                                      "add it to mailfleet:shaping.groups)")
 
     vsphere_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is None]
     if vsphere_hosts and "vsphere" not in values:
@@ -893,6 +1039,7 @@ def _relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
     yield from _spf(values, dkim_domains, public_addresses, hosts)
     instance_names = {_valid(InstanceName, i.get("name")) for _, h in hosts for _, i in _items(h.get("instances"))}
     yield from _tenants(values, dkim_domains, instance_names - {None})
+    yield from _shaping_groups(given_groups if isinstance(given_groups, dict) else {})
 
 
 def _tenants(values: dict[str, Any], dkim_domains: list[str], instance_names: set[str]) -> Iterator[tuple[str, str]]:
@@ -935,6 +1082,24 @@ def _plain_passwords(values: dict[str, Any], secret_keys: set[str]) -> Iterator[
             yield f"{NAMESPACE}:tenants[{t}].password", (
                 f"is not a secret: set it with `pulumi config set --secret --path '{NAMESPACE}:tenants[{t}].password'` "
                 "(or give passwordHash instead)")
+
+
+def _shaping_groups(given: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Each group has members, the default group none, and no domain is in two groups."""
+    owner: dict[str, str] = {}
+    for name in dict.fromkeys([*BUILTIN_GROUPS, *given]):
+        group = {**BUILTIN_GROUPS.get(name, {}), **(given.get(name) if isinstance(given.get(name), dict) else {})}
+        path = f"{NAMESPACE}:shaping.groups.{name}"
+        domains = [_valid(DnsName, d) for d in group.get("domains") or [] if isinstance(group.get("domains"), list)]
+        if name == DEFAULT_GROUP:
+            if group.get("domains") or group.get("mxSuffixes"):
+                yield path, "takes no domains or mxSuffixes: it is every domain that no other group has"
+            continue
+        if not group.get("domains") and not group.get("mxSuffixes"):
+            yield path, "needs domains or mxSuffixes (or both): nothing would belong to the group"
+        for d, domain in enumerate(domains):
+            if domain is not None and owner.setdefault(domain, name) != name:
+                yield f"{path}.domains[{d}]", f"{domain} is also in group {owner[domain]}"
 
 
 def _network_sanity(network: HostNetwork, path: str) -> Iterator[tuple[str, str]]:
@@ -1019,6 +1184,10 @@ def fleet_warnings(fleet: Fleet) -> list[str]:
                     f"{NAMESPACE}:hosts[{h}].instances[{i}]: instance {instance.name} sends from {kind} address "
                     f"{instance.ip} and has no publicIp: receivers see the NAT's public address, so the A, PTR "
                     "and SPF records published for it will not match; set publicIp to that address")
+    shaped = "shaping" in fleet.model_fields_set or any(i.shaping for _, i in fleet.instances)
+    if shaped and fleet.relayhost is not None:
+        warnings.append(f"{NAMESPACE}:shaping: applies to mail the instances deliver to the receivers themselves; "
+                        f"with {NAMESPACE}:relayhost every message goes to the relay, so it is not used")
     if fleet.tls.mode == "provided":
         from cryptography import x509
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mailfleet import render, tenants
+from mailfleet import render, shaping, tenants
 from mailfleet.config import Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-# Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe)
-# and Dovecot's core (the tenants' SASL backend).
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core")
+# Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
+# Dovecot's core (the tenants' SASL backend) and python3 (mailfleet-shaping-map).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
+# A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
+# goes when the last instance on it is retired.
+VM_ADDRESSES = "/var/lib/mailfleet/vm-addresses"
 
 
 def _put(path: str, owner: str, mode: str, content: str) -> str:
@@ -78,6 +81,14 @@ def preflight(host: Host) -> str:
     return script("preflight", host=host)
 
 
+def network(host: Host) -> str:
+    """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
+    removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
+    addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
+    return script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
+                   wanted_file=VM_ADDRESSES)
+
+
 def packages() -> str:
     """Install Postfix, OpenDKIM and Dovecot's core (the tenants' SASL backend) when missing; touch
     nothing when they are there."""
@@ -87,6 +98,26 @@ def packages() -> str:
 def default_instance(fleet: Fleet, host: Host) -> str:
     """The default instance: 127.0.0.1 only, multi-instance on."""
     return script("default_instance", main_cf=render.default_main_cf(fleet, host))
+
+
+def shaping_map(fleet: Fleet) -> str:
+    """The shaping groups' MX lookup service when shaping is on, its absence when it is off."""
+    files = render.shaping_map_files(fleet) if shaping.enabled(fleet) else {}
+    probe_domain, probe_group = next(((domain, name) for name, group in fleet.shaping.groups.items()
+                                      for domain in group.domains or ()), ("gmail.com", None))
+    return script("shaping_map", files=files, **_shaping_map(),
+                   probe_domain=probe_domain, probe_answer=f"OK {shaping.transport_name(probe_group)}:"
+                   if probe_group else "NOTFOUND ")
+
+
+def shaping_map_delete() -> str:
+    return script("shaping_map", files={}, **_shaping_map(), probe_domain="", probe_answer="")
+
+
+def _shaping_map() -> dict:
+    return dict(unit=render.SHAPING_MAP_UNIT, unit_file=render.SHAPING_MAP_UNIT_FILE, program=render.SHAPING_MAP_PROGRAM,
+                groups=render.SHAPING_MAP_GROUPS, socket=render.SHAPING_MAP_SOCKET,
+                paths=[render.SHAPING_MAP_UNIT_FILE, render.SHAPING_MAP_PROGRAM, render.SHAPING_MAP_GROUPS])
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
@@ -104,13 +135,14 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
                    master_cf=render.instance_master_cf(fleet, instance),
-                   tables=render.instance_tables(instance))
+                   tables=render.instance_tables(fleet, instance))
 
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
     return script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
-                   tables=list(render.instance_tables(instance)), drain_seconds=drain_seconds)
+                   tables=render.instance_table_paths(instance), drain_seconds=drain_seconds,
+                   ip=instance.ip, wanted_file=VM_ADDRESSES)
 
 
 _TENANTS = dict(conf=render.DOVECOT_CONF, passwd_dir=render.PASSWD_DIR, socket=render.AUTH_SOCKET,

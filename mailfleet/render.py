@@ -8,10 +8,13 @@ of the validated configuration: no Pulumi, no I/O besides reading the templates.
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from mailfleet import shaping
 from mailfleet.config import Fleet, Host, Instance
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -76,17 +79,33 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         signing_domains=[] if fleet.allow_unsigned_senders else signing_domains(fleet),
         milters=signing.milters(fleet.dkim),
         message_size_limit=MESSAGE_SIZE_LIMIT,
+        shaping=_shaping(fleet, instance),
+        shaping_map=SHAPING_MAP_SOCKET,
     )
 
 
+def _shaping(fleet: Fleet, instance: Instance) -> list[shaping.GroupTransport]:
+    return shaping.transports(fleet, instance) if shaping.enabled(fleet) else []
+
+
 def instance_master_cf(fleet: Fleet, instance: Instance) -> str:
-    return render("etc/postfix-instance/master.cf.j2", instance=instance, tenants=bool(fleet.tenants))
+    return render("etc/postfix-instance/master.cf.j2", instance=instance, tenants=bool(fleet.tenants),
+                   shaping=_shaping(fleet, instance))
 
 
-def instance_tables(instance: Instance) -> dict[str, str]:
+def instance_tables(fleet: Fleet, instance: Instance) -> dict[str, str]:
     """The lookup tables main.cf names, by installed path (beside main.cf)."""
-    return {f"{instance_dir(instance)}/{name}": render(f"etc/postfix-instance/{name}.j2", instance=instance)
-            for name in ("recipient_access", "header_checks", "body_checks")}
+    tables = {f"{instance_dir(instance)}/{name}": render(f"etc/postfix-instance/{name}.j2", instance=instance)
+              for name in ("recipient_access", "header_checks", "body_checks")}
+    if shaping.enabled(fleet):
+        tables[f"{instance_dir(instance)}/transport_shaping"] = shaping.domain_table(fleet)
+    return tables
+
+
+def instance_table_paths(instance: Instance) -> list[str]:
+    """Every table an instance may have (what its delete removes), whatever the configuration."""
+    return [f"{instance_dir(instance)}/{name}"
+            for name in ("recipient_access", "header_checks", "body_checks", "transport_shaping")]
 
 
 # Tenants: Dovecot's auth service is the SASL backend of every instance on a host (the alternative to
@@ -116,12 +135,37 @@ def tenant_sender_map(owners: dict[str, list[str]]) -> str:
     return render("etc/mailfleet/tenant_senders.j2", owners=owners)
 
 
+# The shaping groups' MX lookup (mailfleet/shaping_map.py, installed as is): one service for every
+# instance on the host, asked through each instance's proxymap, which runs outside the chroot.
+SHAPING_MAP_UNIT = "mailfleet-shaping-map"
+SHAPING_MAP_UNIT_FILE = f"/etc/systemd/system/{SHAPING_MAP_UNIT}.service"
+SHAPING_MAP_PROGRAM = "/usr/local/sbin/mailfleet-shaping-map"
+SHAPING_MAP_GROUPS = "/etc/mailfleet/shaping-map.json"
+SHAPING_MAP_SOCKET = "/run/mailfleet-shaping/map.sock"
+
+
+def shaping_map_files(fleet: Fleet) -> dict[str, str]:
+    """The service's program, its groups (domains and MX suffixes) and its unit."""
+    groups = json.dumps({"groups": shaping.mx_groups(fleet)}, indent=1, sort_keys=True) + "\n"
+    return {
+        SHAPING_MAP_PROGRAM: (Path(__file__).resolve().parent / "shaping_map.py").read_text(),
+        SHAPING_MAP_GROUPS: groups,
+        SHAPING_MAP_UNIT_FILE: render(f"etc/systemd/system/{SHAPING_MAP_UNIT}.service.j2", program=SHAPING_MAP_PROGRAM,
+                                       groups=SHAPING_MAP_GROUPS, socket=SHAPING_MAP_SOCKET),
+    }
+
+
 def cloud_init_metadata(host: Host) -> str:
     # cloud-init re-applies the network section only when instance-id changes, so the id follows
     # the addresses: adding an IP to a VM's config reaches its netplan on the next boot.
     network = (host.network, tuple(i.ip for i in host.instances))
     instance_id = f"mailfleet-{host.name}-{hashlib.sha256(repr(network).encode()).hexdigest()[:12]}"
     return render("guestinfo/metadata.yaml.j2", host=host, instance_id=instance_id)
+
+
+def cloud_init_network(host: Host) -> str:
+    """The metadata's `network` section alone (netplan v2), for the VM's network step."""
+    return render("guestinfo/network.yaml.j2", host=host)
 
 
 def cloud_init_userdata(host: Host, authorized_keys: list[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailfleet import render, signing, tenants
+from mailfleet import render, shaping, signing, tenants
 from mailfleet.config import Fleet
 
 VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGolden mailfleet"
@@ -10,13 +10,16 @@ VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGol
 
 def rendered_files(fleet: Fleet) -> dict[str, str]:
     files = dict(signing.files(fleet.dkim, render.mynetworks(fleet)))
+    if shaping.enabled(fleet):  # the map's program is mailfleet/shaping_map.py as is: no golden copy of it
+        files.update({path: content for path, content in render.shaping_map_files(fleet).items()
+                      if path != render.SHAPING_MAP_PROGRAM})
     for host in fleet.hosts:
         prefix = f"{host.name}/" if len(fleet.hosts) > 1 else ""
         files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(fleet, host)
         for instance in host.instances:
             files[f"{render.instance_dir(instance)}/main.cf"] = render.instance_main_cf(fleet, instance)
             files[f"{render.instance_dir(instance)}/master.cf"] = render.instance_master_cf(fleet, instance)
-            files.update(render.instance_tables(instance))
+            files.update(render.instance_tables(fleet, instance))
         if not host.existing:
             files[f"guestinfo/{host.name}/metadata.yaml"] = render.cloud_init_metadata(host)
             files[f"guestinfo/{host.name}/userdata.yaml"] = render.cloud_init_userdata(

@@ -15,9 +15,13 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "dkim-keys-delete": signing.keys_delete_step(),
              "dkim-config": signing.config_step(fleet.dkim, render.mynetworks(fleet)),
              "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root"),
-             "tenants-delete": remote_scripts.tenant_credentials_delete()}
+             "tenants-delete": remote_scripts.tenant_credentials_delete(),
+             "shaping-map": remote_scripts.shaping_map(fleet),
+             "shaping-map-delete": remote_scripts.shaping_map_delete()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
+        if not host.existing:
+            steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         for instance in host.instances:

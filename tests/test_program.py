@@ -53,7 +53,9 @@ def test_prod_builds_a_vm_and_the_steps_in_order(prod):
     assert len(vm) == 1 and short(vm[0].parent) == "victorpostfix"
     assert vm[0].inputs["numCpus"] == 2 and vm[0].inputs["memory"] == 4096
     assert vm[0].inputs["clone"] == {"templateUuid": "4217a9c6-template-uuid"}
-    assert "victorpostfix" in deps(prod, "victorpostfix-preflight")  # waits for the VM
+    assert "victorpostfix" in deps(prod, "victorpostfix-network")  # waits for the VM
+    assert "victorpostfix-network" in deps(prod, "victorpostfix-preflight")
+    assert vm[0].inputs["extraConfigRebootRequired"] is False  # the network step applies address changes
     assert "victorpostfix-preflight" in deps(prod, "victorpostfix-packages")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-postfix-default")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-keys")

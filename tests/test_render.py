@@ -140,13 +140,14 @@ def test_senders_nothing_locally_and_speak_strict_protocol():
     # Parameters that Postfix 3.6 lacks: the remote step keeps them where the host knows them.
     assert "# mailfleet:if-supported smtpd_forbid_bare_newline = yes" in lines
     assert "# mailfleet:if-supported smtp_bind_address_enforce = yes" in lines
-    tables = render.instance_tables(instance)
+    tables = render.instance_tables(fleet, instance)
     assert set(tables) == {f"/etc/{instance.name}/recipient_access", f"/etc/{instance.name}/header_checks",
-                           f"/etc/{instance.name}/body_checks"}
+                           f"/etc/{instance.name}/body_checks", f"/etc/{instance.name}/transport_shaping"}
 
 
 def test_submission_ports_need_tls_and_no_sasl():
-    master = render.instance_master_cf(fleet_of("prod"), fleet_of("prod").hosts[0].instances[0])
+    fleet = fleet_of("prod")
+    master = render.instance_master_cf(fleet, fleet.hosts[0].instances[0])
     assert "smtpd_sasl_auth_enable" not in master
     submission = master.split("submission inet")[1].split("\nsmtps")[0]
     smtps = master.split("smtps     inet")[1].split("\npickup")[0]
@@ -163,7 +164,8 @@ def test_cloud_init_puts_every_ip_on_one_interface():
     metadata = yaml.safe_load(render.cloud_init_metadata(host))
     ens160 = metadata["network"]["ethernets"]["ens160"]
     assert ens160["addresses"] == ["10.1.11.43/24", "10.1.11.45/24"]
-    assert ens160["routes"] == [{"to": "default", "via": "10.1.11.254"}]
+    # cloud-init 22.4 (Debian 12) refuses netplan's `to: default`: "Address default is not a valid ip address".
+    assert ens160["routes"] == [{"to": "0.0.0.0/0", "via": "10.1.11.254"}]
     assert ens160["nameservers"]["addresses"] == ["10.1.0.72", "10.1.0.73"]
     assert metadata["local-hostname"] == "victorpostfix"
     userdata = render.cloud_init_userdata(host, ["ssh-ed25519 AAAAkey deploy"])

@@ -173,18 +173,23 @@ def ensure_image(suite=SUITE):
     cache_dir.mkdir(parents=True, exist_ok=True)
     tarball = cache_dir / f"{suite}-v{IMAGE_VERSION}.tar.zst"
     with open(cache_dir / "build.lock", "w") as lock:
-        deadline = time.monotonic() + 900  # a parallel run may be building the same image
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TestHostUnavailable(f"timed out waiting for {lock.name}")
-                time.sleep(1)
+        wait_for_lock(lock)
         if not tarball.exists():
             _build_image(tarball, suite)
     return tarball
+
+
+def wait_for_lock(lock):
+    """Hold the image cache's lock (released when the file closes): one build at a time."""
+    deadline = time.monotonic() + 900  # a parallel run may be building the same image
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TestHostUnavailable(f"timed out waiting for {lock.name}")
+            time.sleep(1)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)  # Python 3.11 has no os.setns
@@ -268,6 +273,10 @@ class TestHost:
                                                             serialization.PublicFormat.OpenSSH).decode()
         self.netns = self.workdir = self._nspawn = self._sink = self._ssh = None
 
+    def _image(self):
+        """The rootfs tarball this host boots (a variant's host overrides it)."""
+        return ensure_image(self.suite)
+
     @property
     def rootfs(self):
         return self.workdir / "rootfs"
@@ -278,7 +287,7 @@ class TestHost:
 
     def start(self):
         ensure_host_tools()
-        tarball = ensure_image(self.suite)
+        tarball = self._image()
         atexit.register(self.stop)  # a crashed or interrupted run still cleans up
         try:
             # Unpacking is ~8 s on this disk and under 1 s on tmpfs (e.g. /dev/shm).

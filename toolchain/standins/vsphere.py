@@ -1,9 +1,12 @@
 """Stand-in for pulumi-resource-vsphere: an in-memory vCenter for `pulumi preview`/`up` of a stack
-that creates VMs. Not the real provider: nothing is cloned, no VM boots.
+that creates VMs. Not the real provider: nothing is cloned.
 
 The data sources answer any name with stable ids made from it; a VirtualMachine exists only in the
 stack's state and reports the IPv4 addresses its cloud-init network metadata (guestinfo.metadata)
-gives it, as a booted VM's VMware Tools would.
+gives it, as a booted VM's VMware Tools would. With MAILFLEET_STANDIN_VSPHERE_GUESTS set to a
+directory (the tests' cloud-init guest, tests/integration/vmguest.py), creating a VirtualMachine
+also hands its extraConfig to a real guest: it is written to DIR/NAME.json, and the create waits
+for DIR/NAME.on, which whoever boots the guest with it writes.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import json
+import os
 import re
+import time
 import uuid
+from pathlib import Path
 
 import standin
 
@@ -80,11 +87,32 @@ def _metadata_ips(extra_config: dict) -> list[str]:
     return re.findall(r"\b(\d{1,3}(?:\.\d{1,3}){3})/\d{1,2}\b", text.decode())
 
 
+GUESTS = "MAILFLEET_STANDIN_VSPHERE_GUESTS"
+POWER_ON_TIMEOUT = 600  # seconds: a first boot runs cloud-init before anything answers
+
+
+def _power_on(name: str, extra_config: dict):
+    directory = os.environ.get(GUESTS)
+    if not directory:
+        return
+    path, on = Path(directory) / f"{name}.json", Path(directory) / f"{name}.on"
+    on.unlink(missing_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(extra_config))
+    partial.rename(path)
+    deadline = time.monotonic() + POWER_ON_TIMEOUT
+    while not on.exists():
+        if time.monotonic() > deadline:
+            raise ValueError(f"stand-in vsphere: VM {name} was not powered on within {POWER_ON_TIMEOUT} s")
+        time.sleep(0.5)
+
+
 class VirtualMachine(standin.Resource):
     defaults = {"waitForGuestNetTimeout": 5}
     outputs = ("uuid", "moid", "defaultIpAddress", "guestIpAddresses", "powerState", "vmwareToolsStatus")
 
     def compute(self, inputs: dict) -> dict:
+        _power_on(inputs.get("name") or "vm", inputs.get("extraConfig") or {})
         ips = _metadata_ips(inputs.get("extraConfig") or {})
         vm_uuid = str(uuid.uuid4())
         return {"uuid": vm_uuid, "moid": _id("vm", vm_uuid), "defaultIpAddress": ips[0] if ips else "",

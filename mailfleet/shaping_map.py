@@ -1,0 +1,279 @@
+#!/usr/bin/python3
+"""mailfleet-shaping-map: which receiver group a recipient domain belongs to, by its MX hosts.
+
+Postfix asks it at routing time (the instances' transport_maps, after the groups' domain lists):
+    proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:transport
+A Postfix socketmap server (socketmap_table(5): netstring requests "NAME KEY", replies "OK VALUE",
+"NOTFOUND ", "TEMP reason"). For a domain it answers `OK smtp-GROUP:` when the domain is in a
+group's list, or when its best MX host ends with one of a group's MX suffixes (a company domain
+hosted by Google Workspace or Microsoft 365 belongs to that group); NOTFOUND otherwise (the default
+group: default_transport). Postfix asks with the full recipient address (a socketmap is a pattern
+table to it); the domain decides. Parent-domain keys and address literals are NOTFOUND at once.
+
+MX records come from the host's resolver (/etc/resolv.conf), cached for their TTL (at most an
+hour; NXDOMAIN and no-MX answers for five minutes). When DNS fails, the answer falls back to the
+domain lists and is kept for a minute only. Python's standard library alone (it runs on the
+host, where only python3 is installed): a minimal DNS client for one question type, MX.
+
+    mailfleet-shaping-map --groups /etc/mailfleet/shaping-map.json --socket /run/mailfleet-shaping/map.sock
+    mailfleet-shaping-map --groups FILE --query DOMAIN    (prints the answer, for checks)
+    mailfleet-shaping-map --socket PATH --query DOMAIN    (asks the running service: the probe)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+MX = 15
+CACHE_ENTRIES = 50_000
+MAX_TTL = 3600
+NEGATIVE_TTL = 300
+FAILURE_TTL = 60
+DNS_TIMEOUT = 3.0
+
+
+class DnsError(Exception):
+    pass
+
+
+def _name(domain: str) -> bytes:
+    labels = domain.rstrip(".").encode("idna").split(b".")
+    return b"".join(struct.pack("B", len(label)) + label for label in labels) + b"\0"
+
+
+def _read_name(message: bytes, offset: int) -> tuple[str, int]:
+    """A (possibly compressed) name at offset: the name and the offset after it."""
+    labels, end, jumps = [], None, 0
+    while True:
+        length = message[offset]
+        if length & 0xC0 == 0xC0:
+            if end is None:
+                end = offset + 2
+            offset = ((length & 0x3F) << 8) | message[offset + 1]
+            jumps += 1
+            if jumps > 50:
+                raise DnsError("a compression loop")
+            continue
+        if length == 0:
+            return ".".join(labels).lower(), (end if end is not None else offset + 1)
+        labels.append(message[offset + 1:offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+
+
+def parse_mx(message: bytes, query_id: int) -> tuple[list[tuple[int, str]], int] | None:
+    """(MX records as (preference, host), TTL) from a response; None for NXDOMAIN."""
+    if len(message) < 12:
+        raise DnsError("a short answer")
+    ident, flags, questions, answers, _, _ = struct.unpack("!HHHHHH", message[:12])
+    if ident != query_id:
+        raise DnsError("an answer to another question")
+    rcode = flags & 0xF
+    if rcode == 3:
+        return None
+    if rcode != 0:
+        raise DnsError(f"rcode {rcode}")
+    offset = 12
+    for _ in range(questions):
+        offset = _read_name(message, offset)[1] + 4
+    records, ttl = [], MAX_TTL
+    for _ in range(answers):
+        offset = _read_name(message, offset)[1]
+        rtype, _, record_ttl, length = struct.unpack("!HHIH", message[offset:offset + 10])
+        offset += 10
+        if rtype == MX:
+            preference = struct.unpack("!H", message[offset:offset + 2])[0]
+            records.append((preference, _read_name(message, offset + 2)[0]))
+            ttl = min(ttl, record_ttl)
+        offset += length
+    return sorted(records), ttl
+
+
+def nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    servers = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1])
+    except OSError:
+        pass
+    return servers or ["127.0.0.1"]
+
+
+def _exchange(server: str, query: bytes, timeout: float, port: int) -> bytes:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(timeout)
+        udp.connect((server, port))
+        udp.send(query)
+        answer = udp.recv(4096)
+    if len(answer) > 2 and answer[2] & 0x02:  # truncated: ask again over TCP
+        with socket.create_connection((server, port), timeout=timeout) as tcp:
+            tcp.sendall(struct.pack("!H", len(query)) + query)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                chunk = tcp.recv(65536)
+                if not chunk:
+                    raise DnsError("the TCP answer was cut short")
+                data += chunk
+            answer = data[2:2 + struct.unpack("!H", data[:2])[0]]
+    return answer
+
+
+def lookup_mx(domain: str, servers: list[str], timeout: float = DNS_TIMEOUT, port: int = 53):
+    """(MX records, TTL), None for NXDOMAIN; DnsError when no server answers."""
+    problems = []
+    for server in servers:
+        query_id = random.randrange(65536)
+        query = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + _name(domain) + struct.pack("!HH", MX, 1)
+        try:
+            return parse_mx(_exchange(server, query, timeout, port), query_id)
+        except (OSError, DnsError, IndexError, struct.error, UnicodeError) as error:
+            problems.append(f"{server}: {error or type(error).__name__}")
+    raise DnsError("; ".join(problems))
+
+
+class GroupMap:
+    def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic):
+        self.domains = {d: g["transport"] for g in groups.values() for d in g.get("domains", [])}
+        self.suffixes = [(s.lower().strip("."), g["transport"]) for g in groups.values() for s in g.get("mxSuffixes", [])]
+        self.resolver, self.servers, self.clock = resolver, servers, clock
+        self.cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _by_mx(self, records: list[tuple[int, str]]) -> str | None:
+        """The group of the best (lowest preference) MX hosts: where the mail goes."""
+        best = min((preference for preference, _ in records), default=None)
+        for host in (host for preference, host in records if preference == best):
+            for suffix, transport in self.suffixes:
+                if host == suffix or host.endswith("." + suffix):
+                    return transport
+        return None
+
+    def transport(self, key: str) -> str | None:
+        """The transport for a transport_maps key, or None (not found)."""
+        # Postfix treats a socketmap as a pattern table: transport_maps asks it for the whole
+        # recipient address only (never the domain alone), so the domain is taken from it.
+        key = key.lower().rsplit("@", 1)[-1].rstrip(".")
+        if not key or key.startswith(".") or key == "*" or key.startswith("["):
+            return None
+        if key in self.domains:
+            return self.domains[key]
+        now = self.clock()
+        with self.lock:
+            cached = self.cache.get(key)
+            if cached and cached[1] > now:
+                self.cache.move_to_end(key)
+                return cached[0]
+        try:
+            result = self.resolver(key, self.servers or nameservers())
+            if result is None:
+                answer, ttl = None, NEGATIVE_TTL
+            else:
+                records, ttl = result
+                answer = self._by_mx(records)
+                ttl = min(max(ttl, 1), MAX_TTL) if records else NEGATIVE_TTL
+        except DnsError as error:
+            print(f"warning: MX lookup of {key} failed ({error}): the domain lists decide for "
+                  f"{FAILURE_TTL} s", file=sys.stderr, flush=True)
+            answer, ttl = None, FAILURE_TTL
+        with self.lock:
+            self.cache[key] = (answer, now + ttl)
+            self.cache.move_to_end(key)
+            while len(self.cache) > CACHE_ENTRIES:
+                self.cache.popitem(last=False)
+        return answer
+
+    def reply(self, request: str) -> str:
+        _, _, key = request.partition(" ")
+        transport = self.transport(key)
+        return f"OK {transport}:" if transport else "NOTFOUND "
+
+
+def read_netstring(stream) -> bytes | None:
+    length = b""
+    while (char := stream.read(1)) != b":":
+        if not char:
+            return None
+        if not char.isdigit() or len(length) > 6:
+            raise ValueError("not a netstring")
+        length += char
+    data = stream.read(int(length) + 1)
+    if len(data) != int(length) + 1 or data[-1:] != b",":
+        raise ValueError("not a netstring")
+    return data[:-1]
+
+
+def netstring(text: str) -> bytes:
+    data = text.encode()
+    return b"%d:%s," % (len(data), data)
+
+
+def serve(groups: GroupMap, path: str):
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            try:
+                while (request := read_netstring(self.rfile)) is not None:
+                    self.wfile.write(netstring(groups.reply(request.decode("utf-8", "replace"))))
+                    self.wfile.flush()
+            except (ValueError, ConnectionError):
+                pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    if os.path.exists(path):
+        os.unlink(path)
+    server = Server(path, Handler)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"answering on {path}: {len(groups.domains)} domains, {len(groups.suffixes)} MX suffixes", flush=True)
+    server.serve_forever()
+
+
+def ask(path: str, key: str, timeout: float = 10) -> str:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(timeout)
+        client.connect(path)
+        stream = client.makefile("rwb")
+        stream.write(netstring(f"transport {key}"))
+        stream.flush()
+        answer = read_netstring(stream)
+    if answer is None:
+        raise ConnectionError(f"{path} closed the connection")
+    return answer.decode()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups")
+    parser.add_argument("--socket")
+    parser.add_argument("--query")
+    args = parser.parse_args()
+    if args.socket and args.query:
+        print(ask(args.socket, args.query))
+        return
+    if not args.groups or not (args.socket or args.query):
+        parser.error("--groups with --socket (serve) or --query (answer here); or --socket with --query (ask)")
+    with open(args.groups) as f:
+        groups = GroupMap(json.load(f)["groups"])
+    if args.query:
+        print(groups.reply(f"transport {args.query}"))
+    else:
+        serve(groups, args.socket)
+
+
+if __name__ == "__main__":
+    main()
