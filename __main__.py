@@ -12,7 +12,6 @@ from components.mail_host import MailHost, MailHostArgs
 from components.tls_certificates import TlsCertificates, TlsCertificatesArgs
 from mailfleet import dns_records
 from mailfleet.config import ConfigError, Fleet, fleet_warnings, parse_config
-from mailfleet.signer_build import SignerBuildError, build_signer
 
 
 def stack_config() -> dict:
@@ -50,10 +49,6 @@ def export_outputs(fleet: Fleet, dkim: DkimKeys, certificates: TlsCertificates) 
 
 
 fleet = read_fleet()
-try:
-    signer_binary = build_signer()  # uploaded to every host
-except SignerBuildError as error:
-    raise pulumi.RunError(str(error)) from None
 
 dkim = DkimKeys("dkim", DkimKeysArgs(keys=fleet.dkim))
 certificates = TlsCertificates("tls", TlsCertificatesArgs(
@@ -73,7 +68,6 @@ for host in fleet.hosts:
         vm_authorized_keys=None if host.existing else vm_authorized_keys,
         dkim_private_keys=dkim.private_keys,
         tls_bundles=certificates.bundles,
-        signer_binary=signer_binary,
     ))
 
 export_outputs(fleet, dkim, certificates)

@@ -29,7 +29,7 @@ class DkimKeys(pulumi.ComponentResource):
         for key in args.keys:
             # Changing `bits` or `algorithm` replaces the key, and so the published record: rotate
             # with a new selector instead (docs/day2.md, "Rotate a DKIM key"). pulumi-tls writes an
-            # Ed25519 key as PKCS#8 PEM, which the signer reads.
+            # Ed25519 key as PKCS#8 PEM, which OpenDKIM reads.
             if key.algorithm == "ed25519":
                 algorithm = {"algorithm": "ED25519"}
             else:

@@ -1,38 +1,47 @@
-"""DkimSigner: the one DKIM signer of a host (mailfleet-signer), for every Postfix instance on it."""
+"""DkimSigner: DKIM signing on one host (OpenDKIM, mailfleet/signing.py), for every Postfix instance on it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
 from pulumi_command import remote
 
 from components.remote_step import remote_step
-from mailfleet import remote_scripts
-from mailfleet.config import Fleet
-from mailfleet.signer_build import SignerBinary
+from mailfleet import signing
+from mailfleet.config import DkimKey
+
+
+@dataclass(frozen=True)
+class DkimSignerArgs:
+    keys: Sequence[DkimKey]
+    """Every key of mailfleet:dkim, in config order: the tables, and what each process must sign."""
+    private_keys: dict[str, pulumi.Output[str]]
+    """Record name (selector._domainkey.domain) -> private key PEM (secret), from DkimKeys."""
+    networks: Sequence[str]
+    """The clients whose mail is signed: the loopback and the relay networks."""
+    connection: remote.ConnectionArgs
+    """How to reach the host over SSH."""
+    ssh_user: str
+    """The SSH user, root or one that runs the steps through sudo."""
+    after: Sequence[pulumi.Resource] = ()
+    """The steps that must be done on the host first (the packages)."""
 
 
 class DkimSigner(pulumi.ComponentResource):
     ready: remote.Command
-    """The last step: the signer runs with this configuration and OpenDKIM is retired."""
+    """The last step: OpenDKIM runs with this configuration and signs as probed."""
 
-    def __init__(self, name: str, fleet: Fleet, private_keys: dict[str, pulumi.Output[str]], binary: SignerBinary,
-                 connection: remote.ConnectionArgs, ssh_user: str, depends_on: Sequence[pulumi.Resource],
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: DkimSignerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailfleet:index:DkimSigner", name, None, opts)
-        by_record = {key.record_name: key for key in fleet.dkim}
-        keys_script = pulumi.Output.all(**private_keys).apply(
-            lambda pems: remote_scripts.dkim_keys({by_record[n]: pem for n, pem in pems.items()}))
-        keys = remote_step(f"{name}-keys", connection, ssh_user, keys_script, secret=True,
-                           delete_script=remote_scripts.dkim_keys_delete(),
-                           parent=self, depends_on=depends_on)
-        # The upload is named by the binary's checksum, and the step below installs only that one.
-        upload = remote.CopyToRemote(f"{name}-binary", connection=connection,
-                                     source=pulumi.FileAsset(str(binary.path)),
-                                     remote_path=remote_scripts.signer_upload(binary.sha256),
-                                     opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)))
-        self.ready = remote_step(f"{name}-config", connection, ssh_user,
-                                 remote_scripts.signer(fleet, ssh_user, binary.sha256),
-                                 parent=self, depends_on=[keys, upload])
+        by_record = {key.record_name: key for key in args.keys}
+        keys_script = pulumi.Output.all(**args.private_keys).apply(
+            lambda pems: signing.keys_step({by_record[n]: pem for n, pem in pems.items()}))
+        # The names stay those of the first OpenDKIM steps: a new name would run the keys step's
+        # delete, which removes every key.
+        keys = remote_step(f"{name}-keys", args.connection, args.ssh_user, keys_script, secret=True,
+                           delete_script=signing.keys_delete_step(), parent=self, depends_on=args.after)
+        self.ready = remote_step(f"{name}-config", args.connection, args.ssh_user,
+                                 signing.config_step(args.keys, args.networks), parent=self, depends_on=[keys])
         self.register_outputs({"selectors": sorted(by_record)})

@@ -1,9 +1,10 @@
 """MailHost: one server and everything on it, in order.
 
-preflight -> packages -> default Postfix instance, the DKIM signer, the tenants' credentials
-(Dovecot) and the shaping map -> one PostfixInstance per IP, and last ManagedFiles, which watches
-what all of them installed for drift. A host without an address is first created as a vSphere VM
-(VsphereVm, a child), and its network step (cloud-init's result, the instance IPs on its
+preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
+credentials (Dovecot) and the shaping map -> one PostfixInstance per IP -> the one-time retirement
+of mailfleet-signer (a no-op where it never ran), and last ManagedFiles, which watches what all of
+them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
+a child), and its network step (cloud-init's result, the instance IPs on its
 interface) runs before preflight.
 """
 
@@ -14,15 +15,14 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
-from components.dkim_signer import DkimSigner
+from components.dkim_signer import DkimSigner, DkimSignerArgs
 from components.managed_files import ManagedFiles, ManagedFilesArgs
 from components.postfix_instance import PostfixInstance, PostfixInstanceArgs
 from components.remote_step import remote_step, steps_on
 from components.vsphere_vm import VsphereVm, VsphereVmArgs
-from mailfleet import remote_scripts
+from mailfleet import remote_scripts, signing
 from mailfleet.config import Fleet, Host
-from mailfleet.render import VM_USER
-from mailfleet.signer_build import SignerBinary
+from mailfleet.render import VM_USER, mynetworks
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,6 @@ class MailHostArgs:
     """Record name -> DKIM private key PEM (secret), from DkimKeys."""
     tls_bundles: dict[str, pulumi.Output[str]]
     """Instance name -> key, certificate and chain PEM (secret), from TlsCertificates."""
-    signer_binary: SignerBinary
-    """The DKIM signer built where the program runs, uploaded to the host."""
     vm_authorized_keys: pulumi.Input[list[str]] | None = None
     """Public keys for a created VM's deploy user; None for a host with an address."""
 
@@ -77,8 +75,9 @@ class MailHost(pulumi.ComponentResource):
         preflight = step("preflight", remote_scripts.preflight(host), first_steps_after)
         packages = step("packages", remote_scripts.packages(), [preflight])
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
-        signer = DkimSigner(f"{name}-opendkim", fleet, args.dkim_private_keys, args.signer_binary, connection,
-                            ssh_user, depends_on=[packages], opts=pulumi.ResourceOptions(parent=self))
+        signer = DkimSigner(f"{name}-opendkim", DkimSignerArgs(
+            keys=list(fleet.dkim), private_keys=args.dkim_private_keys, networks=mynetworks(fleet),
+            connection=connection, ssh_user=ssh_user, after=[packages]), opts=pulumi.ResourceOptions(parent=self))
         # Secret when it carries tenants' password hashes. After the default instance (postmap reads
         # /etc/postfix/main.cf) and before the instances, whose 587 and 465 ask its Dovecot; deleted
         # after them.
@@ -96,6 +95,9 @@ class MailHost(pulumi.ComponentResource):
                 after=[default_instance, signer.ready, tenants, shaping_map]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
+        # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.
+        step("retire-mailfleet-signer", signing.migrate_signer_step(ssh_user),
+             [instance.config for instance in self.instances.values()])
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(
             host_name=host.name, connection=connection, steps=steps_on(connection)),
             opts=pulumi.ResourceOptions(parent=self))

@@ -306,38 +306,127 @@ postfix_if_supported() {
   done
 }
 
-# probe_signer UNIT BINARY SOCKET [FROM EXPECTED]...: the signer's unit runs and answers a milter
-# conversation on SOCKET, as user postfix (BINARY -probe speaks as Postfix does); for each pair,
-# mail from FROM gets exactly the signatures EXPECTED (the lines of `mailfleet-signer -probe`,
-# joined by ";"). Retries for about ten seconds: a signer that was just started takes a moment to
-# listen, one that was just reloaded to read its tables.
-probe_signer() {
-  local signer=$1 binary=$2 socket=$3 from expected seen='' ok
-  shift 3
-  local -a pairs=("$@")
-  for _ in $(seq 20); do
-    ok=yes
-    if ! systemctl is-active -q "$signer"; then
-      ok=no seen="$signer is $(systemctl is-active "$signer" || true)"
-    elif ! seen=$(runuser -u postfix -- "$binary" -probe -socket "$socket" -from postmaster@localhost 2>&1); then
-      ok=no
+# opendkim_socket CONF: the Socket an OpenDKIM configuration names ("" if none or no file).
+opendkim_socket() {
+  awk '$1 == "Socket" { print $2 }' "$1" 2>/dev/null || true
+}
+
+# dkim_test_dns KEY_DIR: the DNS TXT record of every key under KEY_DIR/DOMAIN/SELECTOR.private,
+# as OpenDKIM's TestDNSData reads them ("NAME VALUE"), made from the private key itself, by its
+# place and not by what the tables say: so the probe verifies each signature against the public
+# half of the key that selector is published with, before and without DNS.
+dkim_test_dns() {
+  local file domain selector public
+  while IFS= read -r -d '' file; do
+    domain=$(basename "$(dirname "$file")") selector=$(basename "$file" .private)
+    if openssl pkey -in "$file" -noout -text 2>/dev/null | grep -q '^ED25519'; then
+      # RFC 8463: p= is the raw 32-byte key, the end of the DER SubjectPublicKeyInfo.
+      public=$(openssl pkey -in "$file" -pubout -outform DER | tail -c 32 | base64 -w 0)
+      echo "$selector._domainkey.$domain v=DKIM1;k=ed25519;p=$public"
     else
-      set -- "${pairs[@]}"
-      while [ $# -ge 2 ]; do
-        from=$1 expected=$2
-        shift 2
-        seen=$(runuser -u postfix -- "$binary" -probe -socket "$socket" -from "$from" 2>&1 | paste -sd ';' -) || true
-        if [ "$seen" != "$expected" ]; then
-          ok=no seen="mail from $from got [$seen], not [$expected]"
-          break
-        fi
-      done
+      public=$(openssl pkey -in "$file" -pubout -outform DER | base64 -w 0)
+      echo "$selector._domainkey.$domain v=DKIM1;k=rsa;p=$public"
     fi
-    [ "$ok" = yes ] && return 0
+  done < <(find "$1" -mindepth 2 -maxdepth 2 -name '*.private' -type f -print0)
+}
+
+# probe_opendkim KEY_DIR [UNIT SOCKET FROM EXPECTED]...: each OpenDKIM unit runs and signs a
+# message from FROM, handed to it on SOCKET (unix:PATH or local:PATH) as Postfix hands it (miltertest, as user postfix),
+# with exactly the signatures EXPECTED ("d=D s=S a=A" joined by ";"; empty for none; "*" for
+# whichever the signer's tables select), and each
+# signature verifies against the public half of the installed key (OpenDKIM's own verifier,
+# `opendkim -t`, as nobody, with the keys under KEY_DIR as its DNS: dkim_test_dns). Retries for
+# about ten seconds: a signer that was just started takes a moment to listen, one that was just
+# reloaded to read its tables.
+probe_opendkim() {
+  local key_dir=$1 dir seen='' ok=no
+  shift
+  dir=$(mktemp -d)
+  chmod 0755 "$dir"
+  dkim_test_dns "$key_dir" >"$dir/dns"
+  printf 'Mode v\nSyslog no\nTestDNSData file:%s/dns\n' "$dir" >"$dir/verify.conf"
+  chmod 0644 "$dir/dns" "$dir/verify.conf"
+  for _ in $(seq 20); do
+    if seen=$(probe_opendkim_once "$dir" "$@"); then ok=yes; break; fi
     sleep 0.5
   done
-  echo "$signer on $socket: $seen"
+  rm -rf "$dir"
+  [ "$ok" = yes ] && return 0
+  echo "$seen"
   return 1
+}
+
+# dkim_tag TAG < signature: the value of one tag of a DKIM-Signature (whitespace removed).
+dkim_tag() {
+  tr -d ' \t\r\n' | tr ';' '\n' | sed -n "s/^$1=//p"
+}
+
+probe_opendkim_once() {
+  local dir=$1 unit socket from expected out signature got passed
+  shift
+  while [ $# -ge 4 ]; do
+    unit=$1 socket=${2/#local:/unix:} from=$3 expected=$4
+    shift 4
+    if ! systemctl is-active -q "$unit"; then
+      echo "$unit is $(systemctl is-active "$unit" || true)"
+      return 1
+    fi
+    # The Lua script miltertest runs: one message, then every DKIM-Signature the signer added.
+    # (miltertest does not show a script's error(): fail() prints the reason first. A signer with
+    # nothing to sign accepts the message at the end of its headers.)
+    printf '%s\n' \
+      "local function fail(why) mt.echo(\"probe: \" .. why); error(why) end" \
+      "local conn = mt.connect(\"$socket\", 1, 0)" \
+      "if conn == nil then fail(\"cannot connect to $socket\") end" \
+      "if mt.conninfo(conn, \"localhost\", \"127.0.0.1\") ~= nil then fail(\"connection refused\") end" \
+      "if mt.mailfrom(conn, \"$from\") ~= nil then fail(\"MAIL FROM refused\") end" \
+      "if mt.rcptto(conn, \"probe@mailfleet.invalid\") ~= nil then fail(\"RCPT TO refused\") end" \
+      "mt.header(conn, \"From\", \"$from\")" \
+      "mt.header(conn, \"To\", \"probe@mailfleet.invalid\")" \
+      "mt.header(conn, \"Subject\", \"mailfleet signing probe\")" \
+      "mt.set_timeout(5)" \
+      "if mt.eoh(conn) ~= nil then fail(\"no answer at the end of the headers\") end" \
+      "if mt.getreply(conn) == SMFIR_ACCEPT then mt.disconnect(conn); return end" \
+      "if mt.getreply(conn) ~= SMFIR_CONTINUE then fail(\"refused the message at the end of its headers (milter reply \" .. string.char(mt.getreply(conn)) .. \")\") end" \
+      "if mt.bodystring(conn, \"mailfleet signing probe\\r\\n\") ~= nil then fail(\"no answer to the body\") end" \
+      "if mt.eom(conn) ~= nil then fail(\"no answer at the end of the message\") end" \
+      "if mt.getreply(conn) ~= SMFIR_ACCEPT and mt.getreply(conn) ~= SMFIR_CONTINUE then fail(\"refused the message at its end (milter reply \" .. string.char(mt.getreply(conn)) .. \")\") end" \
+      "local n = 0" \
+      "while true do" \
+      "  local value = mt.getheader(conn, \"DKIM-Signature\", n)" \
+      "  if value == nil then break end" \
+      "  mt.echo(\"DKIM-Signature:\" .. value)" \
+      "  n = n + 1" \
+      "end" \
+      "mt.disconnect(conn)" >"$dir/probe.lua"
+    chmod 0644 "$dir/probe.lua"
+    if ! out=$(runuser -u postfix -- miltertest -s "$dir/probe.lua" 2>&1); then
+      echo "$unit on $socket, mail from $from: $(tr '\n' ' ' <<<"$out") $unit said: $(journalctl -u "$unit" -n 2 --no-pager -o cat 2>/dev/null | tr '\n' ' ')"
+      return 1
+    fi
+    # One signature a line (its folded continuation lines joined), then its d=, s= and a=.
+    got=$(awk '/^DKIM-Signature:/ { if (s) print s; s = substr($0, 16); next } { s = s $0 } END { if (s) print s }' <<<"$out" |
+      while IFS= read -r signature; do
+        echo "d=$(dkim_tag d <<<"$signature") s=$(dkim_tag s <<<"$signature") a=$(dkim_tag a <<<"$signature")"
+      done | sort | paste -sd ';' -)
+    if [ "$expected" = "*" ]; then
+      expected=$got
+    elif [ "$got" != "$expected" ]; then
+      echo "$unit: mail from $from got [$got], not [$expected]"
+      return 1
+    fi
+    [ -n "$expected" ] || continue
+    { grep -v '^miltertest:' <<<"$out"
+      printf 'From: %s\nTo: probe@mailfleet.invalid\nSubject: mailfleet signing probe\n\nmailfleet signing probe\n' "$from"
+    } >"$dir/signed.eml"
+    chmod 0644 "$dir/signed.eml"
+    out=$(runuser -u nobody -- opendkim -x "$dir/verify.conf" -t "$dir/signed.eml" -vv 2>&1 || true)
+    passed=$(grep -c 'dkim=pass' <<<"$out" || true)
+    if [ "$passed" != "$(awk -F';' '{ print NF }' <<<"$expected")" ] || grep -q 'dkim=fail' <<<"$out"; then
+      echo "$unit: the signatures on mail from $from do not verify against the installed keys: $(grep -E 'verification|dkim=' <<<"$out" | tr '\n' ' ')"
+      return 1
+    fi
+  done
 }
 
 instance_exists() {

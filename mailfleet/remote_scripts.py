@@ -15,11 +15,13 @@ import shlex
 from pathlib import Path
 
 from mailfleet import render, shaping, tenants
-from mailfleet.config import DkimKey, Fleet, Host, Instance
+from mailfleet.config import Fleet, Host, Instance
 
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core", "python3")  # python3: mailfleet-shaping-map
+# Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
+# Dovecot's core (the tenants' SASL backend) and python3 (mailfleet-shaping-map).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 # A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
@@ -56,7 +58,7 @@ def step_names() -> list[str]:
     return sorted(path.name.removesuffix(".sh.j2") for path in STEPS.glob("*.sh.j2"))
 
 
-def _script(step: str, **context) -> str:
+def script(step: str, **context) -> str:
     return f"{LIBRARY}\n" + _env.get_template(f"{step}.sh.j2").render(**context)
 
 
@@ -99,59 +101,26 @@ def inline_command(script: str, ssh_user: str) -> str:
 
 def preflight(host: Host) -> str:
     """Fail early, and clearly, when the host cannot take the configuration."""
-    return _script("preflight", host=host)
+    return script("preflight", host=host)
 
 
 def network(host: Host) -> str:
     """A VM's instance IPs on its interface now, and in cloud-init's rendered config: adding or
     removing an IP needs no reboot, and the next boot renders the same from the new guestinfo."""
     addresses = [f"{instance.ip}/{host.network.prefix_length}" for instance in host.instances]
-    return _script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
+    return script("network", host=host, addresses=addresses, network_yaml=render.cloud_init_network(host),
                    wanted_file=VM_ADDRESSES)
 
 
 def packages() -> str:
-    """Install Postfix, OpenDKIM (whose account, key layout and tools the signer uses) and
-    Dovecot's core (the tenants' SASL backend) when missing; touch nothing when they are there."""
-    return _script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
+    """Install Postfix, OpenDKIM and Dovecot's core (the tenants' SASL backend) when missing; touch
+    nothing when they are there."""
+    return script("packages", packages=PACKAGES, lock_timeout=DPKG_LOCK_TIMEOUT)
 
 
 def default_instance(fleet: Fleet, host: Host) -> str:
     """The default instance: 127.0.0.1 only, multi-instance on."""
-    return _script("default_instance", main_cf=render.default_main_cf(fleet, host))
-
-
-_SIGNER = dict(user=render.SIGNER_USER, unit=render.SIGNER_UNIT, binary=render.SIGNER_BINARY,
-               socket=render.SIGNER_SOCKET, tables=render.SIGNER_TABLES, key_dir=render.DKIM_KEY_DIR)
-
-
-def dkim_keys(private_keys: dict[DkimKey, str]) -> str:
-    """The DKIM private keys, readable by the signer's account only; a running signer re-reads them."""
-    keys = {render.dkim_key_file(key): pem for key, pem in private_keys.items()}
-    return _script("dkim_keys", keys=keys, **_SIGNER)
-
-
-def dkim_keys_delete() -> str:
-    """On destroy (after every instance is gone): no private key stays behind, nothing signs."""
-    return _script("dkim_keys_delete", unit_file=render.SIGNER_UNIT_FILE, socket_dir=render.MILTER_SOCKET_DIR,
-                   **_SIGNER)
-
-
-def signer_upload(sha256: str) -> str:
-    """Where CopyToRemote puts the signer binary, relative to the SSH user's home: named by its
-    checksum, so that a new build is a new upload."""
-    return f".mailfleet-signer-{sha256[:16]}"
-
-
-def signer(fleet: Fleet, ssh_user: str, sha256: str) -> str:
-    """The signer: its binary (uploaded), tables and unit; probed for every signing domain; then
-    OpenDKIM, which signed before it, is retired."""
-    probes = [(f"postmaster@{domain}", ";".join(render.expected_signatures(fleet, domain)))
-              for domain in render.signing_domains(fleet)]
-    return _script("signer", files=render.signer_files(fleet), sha256=sha256, ssh_user=ssh_user,
-                   upload=signer_upload(sha256), unit_file=render.SIGNER_UNIT_FILE,
-                   socket_dir=render.MILTER_SOCKET_DIR, probes=probes,
-                   key_files=[render.dkim_key_file(key) for key in fleet.dkim], **_SIGNER)
+    return script("default_instance", main_cf=render.default_main_cf(fleet, host))
 
 
 def shaping_map(fleet: Fleet) -> str:
@@ -159,13 +128,13 @@ def shaping_map(fleet: Fleet) -> str:
     files = render.shaping_map_files(fleet) if shaping.enabled(fleet) else {}
     probe_domain, probe_group = next(((domain, name) for name, group in fleet.shaping.groups.items()
                                       for domain in group.domains or ()), ("gmail.com", None))
-    return _script("shaping_map", files=files, **_shaping_map(),
+    return script("shaping_map", files=files, **_shaping_map(),
                    probe_domain=probe_domain, probe_answer=f"OK {shaping.transport_name(probe_group)}:"
                    if probe_group else "NOTFOUND ")
 
 
 def shaping_map_delete() -> str:
-    return _script("shaping_map", files={}, **_shaping_map(), probe_domain="", probe_answer="")
+    return script("shaping_map", files={}, **_shaping_map(), probe_domain="", probe_answer="")
 
 
 def _shaping_map() -> dict:
@@ -175,17 +144,17 @@ def _shaping_map() -> dict:
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
-    return _script("instance_tls", instance=instance, directory=render.instance_dir(instance),
+    return script("instance_tls", instance=instance, directory=render.instance_dir(instance),
                    tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),
                    bundle=bundle_pem)
 
 
 def instance_tls_delete(instance: Instance) -> str:
-    return _script("instance_tls_delete", instance=instance, tls_file=render.tls_file(instance))
+    return script("instance_tls_delete", instance=instance, tls_file=render.tls_file(instance))
 
 
 def instance_config(fleet: Fleet, instance: Instance) -> str:
-    return _script("instance_config", name=instance.name, directory=render.instance_dir(instance),
+    return script("instance_config", name=instance.name, directory=render.instance_dir(instance),
                    ip=instance.ip, hostname=instance.hostname,
                    main_cf=render.instance_main_cf(fleet, instance),
                    master_cf=render.instance_master_cf(fleet, instance),
@@ -194,7 +163,7 @@ def instance_config(fleet: Fleet, instance: Instance) -> str:
 
 def instance_delete(instance: Instance, drain_seconds: int = 30) -> str:
     """Retire an instance without losing mail: refuse while its queue still holds messages."""
-    return _script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
+    return script("instance_delete", name=instance.name, directory=render.instance_dir(instance),
                    tables=render.instance_table_paths(instance), drain_seconds=drain_seconds,
                    ip=instance.ip, wanted_file=VM_ADDRESSES)
 
@@ -211,11 +180,11 @@ def tenant_credentials(fleet: Fleet, host: Host) -> str:
     passwd_files = {render.passwd_file_path(instance): tenants.passwd_file(
         {tenant.name: hashes[tenant.name] for tenant in tenants.allowed(fleet, instance)})
         for instance in host.instances} if fleet.tenants else {}
-    return _script("tenants", passwd_files=passwd_files,
+    return script("tenants", passwd_files=passwd_files,
                    dovecot_confs={version: render.dovecot_conf(version) for version in render.DOVECOT_VERSIONS},
                    sender_map_text=render.tenant_sender_map(tenants.sender_owners(fleet)), **_TENANTS)
 
 
 def tenant_credentials_delete() -> str:
     """On destroy: no credentials stay behind, and Dovecot, which served only them, stops."""
-    return _script("tenants_delete", **_TENANTS)
+    return script("tenants_delete", **_TENANTS)

@@ -15,11 +15,11 @@ from pathlib import Path
 import jinja2
 
 from mailfleet import shaping
-from mailfleet.config import DkimKey, Fleet, Host, Instance
+from mailfleet.config import Fleet, Host, Instance
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-DKIM_KEY_DIR = "/etc/opendkim/keys"
 TLS_DIR = "/etc/mailfleet/tls"
+MESSAGE_SIZE_LIMIT = 50 * 1024 * 1024  # bytes of a whole message, encoded attachments included
 VM_USER = "mailfleet"  # the sudo user cloud-init creates on VMs; root login stays closed
 
 
@@ -33,7 +33,7 @@ def environment(directory: Path, **options) -> jinja2.Environment:
 _env = environment(TEMPLATES)
 
 
-def _render(template: str, **context) -> str:
+def render(template: str, **context) -> str:
     return _env.get_template(template).render(**context)
 
 
@@ -44,10 +44,6 @@ def instance_dir(instance: Instance) -> str:
 def tls_file(instance: Instance) -> str:
     """Private key, certificate and chain in one root-only file (Postfix's smtpd_tls_chain_files)."""
     return f"{TLS_DIR}/{instance.name}.pem"
-
-
-def dkim_key_file(key: DkimKey) -> str:
-    return f"{DKIM_KEY_DIR}/{key.domain}/{key.selector}.private"
 
 
 def mynetworks(fleet: Fleet) -> list[str]:
@@ -61,12 +57,13 @@ def signing_domains(fleet: Fleet) -> list[str]:
 
 def default_main_cf(fleet: Fleet, host: Host) -> str:
     first = host.instances[0]
-    return _render("etc/postfix/main.cf.j2", myhostname=f"local.{first.hostname}", relay_ip=first.ip,
+    return render("etc/postfix/main.cf.j2", myhostname=f"local.{first.hostname}", relay_ip=first.ip,
                    myorigin=signing_domains(fleet)[0])
 
 
 def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
-    return _render(
+    from mailfleet import signing  # here, not above: signing renders its own files with this module
+    return render(
         "etc/postfix-instance/main.cf.j2",
         tenants=bool(fleet.tenants),
         auth_socket=AUTH_SOCKET,
@@ -80,7 +77,8 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         queue=fleet.queue,
         tls_file=tls_file(instance),
         signing_domains=[] if fleet.allow_unsigned_senders else signing_domains(fleet),
-        milter=SIGNER_MILTER,
+        milters=signing.milters(fleet.dkim),
+        message_size_limit=MESSAGE_SIZE_LIMIT,
         shaping=_shaping(fleet, instance),
         shaping_map=SHAPING_MAP_SOCKET,
     )
@@ -91,14 +89,14 @@ def _shaping(fleet: Fleet, instance: Instance) -> list[shaping.GroupTransport]:
 
 
 def instance_master_cf(fleet: Fleet, instance: Instance) -> str:
-    return _render("etc/postfix-instance/master.cf.j2", instance=instance, tenants=bool(fleet.tenants),
+    return render("etc/postfix-instance/master.cf.j2", instance=instance, tenants=bool(fleet.tenants),
                    shaping=_shaping(fleet, instance))
 
 
 def instance_tables(fleet: Fleet, instance: Instance) -> dict[str, str]:
     """The lookup tables main.cf names, by installed path (beside main.cf)."""
-    tables = {f"{instance_dir(instance)}/{name}": _render(f"etc/postfix-instance/{name}.j2", instance=instance)
-              for name in ("recipient_access", "header_checks")}
+    tables = {f"{instance_dir(instance)}/{name}": render(f"etc/postfix-instance/{name}.j2", instance=instance)
+              for name in ("recipient_access", "header_checks", "body_checks")}
     if shaping.enabled(fleet):
         tables[f"{instance_dir(instance)}/transport_shaping"] = shaping.domain_table(fleet)
     return tables
@@ -106,54 +104,8 @@ def instance_tables(fleet: Fleet, instance: Instance) -> dict[str, str]:
 
 def instance_table_paths(instance: Instance) -> list[str]:
     """Every table an instance may have (what its delete removes), whatever the configuration."""
-    return [f"{instance_dir(instance)}/{name}" for name in ("recipient_access", "header_checks", "transport_shaping")]
-
-
-# The DKIM signer: mailfleet-signer (signer/), one process for every key algorithm, in place of
-# OpenDKIM, which cost 2.5 ms of CPU and up to 3.5 ms a message here (README, "Signing speed").
-# It reads OpenDKIM's KeyTable and SigningTable formats from OpenDKIM's directory and runs as its
-# account, so the opendkim package stays installed (its own service disabled).
-SIGNER_UNIT = "mailfleet-signer"
-SIGNER_UNIT_FILE = f"/etc/systemd/system/{SIGNER_UNIT}.service"
-SIGNER_BINARY = "/usr/local/sbin/mailfleet-signer"
-SIGNER_USER = "opendkim"
-SIGNER_TABLES = "/etc/opendkim"
-# opendkim:postfix, mode 2750: the socket inherits group postfix (setgid), so Postfix reaches it
-# and no other account does. Postfix daemons drop supplementary groups, so "postfix in group
-# opendkim" would not do. A unix socket: over loopback TCP every message stalled ~87 ms on
-# delayed ACKs.
-MILTER_SOCKET_DIR = "/var/spool/mailfleet-signer"
-SIGNER_SOCKET = f"{MILTER_SOCKET_DIR}/milter.sock"
-SIGNER_MILTER = f"unix:{SIGNER_SOCKET}"
-
-
-def signing_keys(fleet: Fleet) -> list[DkimKey]:
-    """The keys that sign: per domain and algorithm, the first configured key (later ones are only
-    published, for rotation). Deeper domains first, so that a separately keyed `sub.example.com`
-    is listed before `*@*.example.com`; every SigningTable match signs, so such mail also carries
-    the parent domain's signature, which is harmless and aligned for DMARC. A domain with an RSA
-    and an Ed25519 key carries both signatures."""
-    first: dict[tuple[str, str], DkimKey] = {}
-    for key in fleet.dkim:
-        first.setdefault((key.domain, key.algorithm), key)
-    return sorted(first.values(), key=lambda k: -k.domain.count("."))
-
-
-def expected_signatures(fleet: Fleet, domain: str) -> list[str]:
-    """What the signer's probe (`mailfleet-signer -probe`) prints for mail from `domain`: a line per
-    signature, as the SigningTable's `*@domain` and `*@*.domain` rules select them."""
-    return sorted(f"d={key.domain} s={key.selector} a={key.algorithm}-sha256" for key in signing_keys(fleet)
-                  if domain == key.domain or domain.endswith(f".{key.domain}"))
-
-
-def signer_files(fleet: Fleet) -> dict[str, str]:
-    """The signer's KeyTable and SigningTable (every key, every algorithm) and its unit."""
-    return {
-        f"{SIGNER_TABLES}/KeyTable": _render("etc/opendkim/KeyTable.j2", keys=fleet.dkim, key_dir=DKIM_KEY_DIR),
-        f"{SIGNER_TABLES}/SigningTable": _render("etc/opendkim/SigningTable.j2", signing_keys=signing_keys(fleet)),
-        SIGNER_UNIT_FILE: _render(f"etc/systemd/system/{SIGNER_UNIT}.service.j2", binary=SIGNER_BINARY,
-                                  user=SIGNER_USER, tables=SIGNER_TABLES, socket=SIGNER_SOCKET),
-    }
+    return [f"{instance_dir(instance)}/{name}"
+            for name in ("recipient_access", "header_checks", "body_checks", "transport_shaping")]
 
 
 # Tenants: Dovecot's auth service is the SASL backend of every instance on a host (the alternative to
@@ -175,12 +127,12 @@ def passwd_file_path(instance: Instance) -> str:
 
 
 def dovecot_conf(version: str) -> str:
-    return _render("etc/dovecot/dovecot.conf.j2", version=version, passwd_dir=PASSWD_DIR,
+    return render("etc/dovecot/dovecot.conf.j2", version=version, passwd_dir=PASSWD_DIR,
                    socket_name=AUTH_SOCKET_NAME)
 
 
 def tenant_sender_map(owners: dict[str, list[str]]) -> str:
-    return _render("etc/mailfleet/tenant_senders.j2", owners=owners)
+    return render("etc/mailfleet/tenant_senders.j2", owners=owners)
 
 
 # The shaping groups' MX lookup (mailfleet/shaping_map.py, installed as is): one service for every
@@ -198,7 +150,7 @@ def shaping_map_files(fleet: Fleet) -> dict[str, str]:
     return {
         SHAPING_MAP_PROGRAM: (Path(__file__).resolve().parent / "shaping_map.py").read_text(),
         SHAPING_MAP_GROUPS: groups,
-        SHAPING_MAP_UNIT_FILE: _render(f"etc/systemd/system/{SHAPING_MAP_UNIT}.service.j2", program=SHAPING_MAP_PROGRAM,
+        SHAPING_MAP_UNIT_FILE: render(f"etc/systemd/system/{SHAPING_MAP_UNIT}.service.j2", program=SHAPING_MAP_PROGRAM,
                                        groups=SHAPING_MAP_GROUPS, socket=SHAPING_MAP_SOCKET),
     }
 
@@ -208,14 +160,14 @@ def cloud_init_metadata(host: Host) -> str:
     # the addresses: adding an IP to a VM's config reaches its netplan on the next boot.
     network = (host.network, tuple(i.ip for i in host.instances))
     instance_id = f"mailfleet-{host.name}-{hashlib.sha256(repr(network).encode()).hexdigest()[:12]}"
-    return _render("guestinfo/metadata.yaml.j2", host=host, instance_id=instance_id)
+    return render("guestinfo/metadata.yaml.j2", host=host, instance_id=instance_id)
 
 
 def cloud_init_network(host: Host) -> str:
     """The metadata's `network` section alone (netplan v2), for the VM's network step."""
-    return _render("guestinfo/network.yaml.j2", host=host)
+    return render("guestinfo/network.yaml.j2", host=host)
 
 
 def cloud_init_userdata(host: Host, authorized_keys: list[str]) -> str:
-    return _render("guestinfo/userdata.yaml.j2", host=host, user=VM_USER,
+    return render("guestinfo/userdata.yaml.j2", host=host, user=VM_USER,
                    authorized_keys=[key.strip() for key in authorized_keys])

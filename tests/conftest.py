@@ -18,10 +18,3 @@ def pytest_terminal_summary(terminalreporter):
     if engine_suite is not None and engine_suite.figures:
         figures = ", ".join(f"{name} {value:g}" for name, value in engine_suite.figures.items())
         terminalreporter.write_line(f"real engine: {figures}")
-
-
-@pytest.fixture(scope="session")
-def signer_binary() -> str:
-    """mailfleet-signer as the program builds it for the hosts (and runs it here, on this x86-64 Linux)."""
-    from mailfleet.signer_build import PROJECT, build_signer
-    return str(PROJECT / build_signer().path)

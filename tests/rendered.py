@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mailfleet import render, shaping, tenants
+from mailfleet import render, shaping, signing, tenants
 from mailfleet.config import Fleet
 
 VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGolden mailfleet"
 
 
 def rendered_files(fleet: Fleet) -> dict[str, str]:
-    files = dict(render.signer_files(fleet))
+    files = dict(signing.files(fleet.dkim, render.mynetworks(fleet)))
     if shaping.enabled(fleet):  # the map's program is mailfleet/shaping_map.py as is: no golden copy of it
         files.update({path: content for path, content in render.shaping_map_files(fleet).items()
                       if path != render.SHAPING_MAP_PROGRAM})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailfleet import remote_scripts
+from mailfleet import remote_scripts, render, signing
 from mailfleet.config import Fleet
 
 # A placeholder in PEM framing, not a key: these tests read scripts, they never run them.
@@ -11,10 +11,11 @@ FAKE_PEM = "-----BEGIN {0}-----\nAAAA\n-----END {0}-----\n".format("PRIVATE KEY"
 
 def rendered_steps(fleet: Fleet) -> dict[str, str]:
     steps = {"packages": remote_scripts.packages(),
-             "dkim-keys": remote_scripts.dkim_keys({key: FAKE_PEM for key in fleet.dkim}),
-             "dkim-keys-delete": remote_scripts.dkim_keys_delete(),
+             "dkim-keys": signing.keys_step({key: FAKE_PEM for key in fleet.dkim}),
+             "dkim-keys-delete": signing.keys_delete_step(),
+             "dkim-config": signing.config_step(fleet.dkim, render.mynetworks(fleet)),
+             "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root"),
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
-             "signer": remote_scripts.signer(fleet, fleet.hosts[0].ssh_user or "root", "0" * 64),
              "shaping-map": remote_scripts.shaping_map(fleet),
              "shaping-map-delete": remote_scripts.shaping_map_delete()}
     for host in fleet.hosts:

@@ -59,11 +59,11 @@ def test_prod_builds_a_vm_and_the_steps_in_order(prod):
     assert "victorpostfix-preflight" in deps(prod, "victorpostfix-packages")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-postfix-default")
     assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-keys")
-    assert {"victorpostfix-opendkim-keys", "victorpostfix-opendkim-binary"} <= deps(prod, "victorpostfix-opendkim-config")
-    # The signer binary goes up once it is known that the host is one mailfleet can manage.
-    upload = prod.monitor.named("victorpostfix-opendkim-binary")
-    assert "victorpostfix-packages" in deps(prod, "victorpostfix-opendkim-binary")
-    assert upload.inputs["remotePath"].startswith(".mailfleet-signer-")
+    assert "victorpostfix-opendkim-keys" in deps(prod, "victorpostfix-opendkim-config")
+    # Nothing is uploaded: the steps carry their scripts, OpenDKIM comes from Debian.
+    assert not prod.monitor.of_type("command:remote:CopyToRemote")
+    # mailfleet-signer goes once no instance names it any more.
+    assert {"postfix-43-config", "postfix-45-config"} <= deps(prod, "victorpostfix-retire-mailfleet-signer")
     for name in ("postfix-43", "postfix-45"):
         assert parent(prod, f"{name}-tls") == parent(prod, f"{name}-config") == name
         assert {"victorpostfix-postfix-default", "victorpostfix-opendkim-config"} <= deps(prod, f"{name}-tls")

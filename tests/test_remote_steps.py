@@ -15,7 +15,7 @@ from skips import skip_or_fail
 
 KEY = openssh_private_key()
 # A config with what the example stacks lack: an existing host with a non-root user, several
-# DKIM domains, an Ed25519 key (a second signer), queue times.
+# DKIM domains, an Ed25519 key (a second OpenDKIM), queue times.
 TEST_CONFIG = {
     "mailfleet:hosts": json.dumps([{"name": "mailtest", "address": "127.0.0.1", "sshUser": "deploy",
                                     "instances": [
@@ -51,7 +51,7 @@ def shellcheck(script: str) -> subprocess.CompletedProcess:
 def test_every_step_template_is_rendered():
     rendered = {name.split(":", 1)[0] for name, _ in STEPS}
     assert rendered == {"test", "dev", "prod"}
-    assert len(remote_scripts.step_names()) == 14  # one template a step; a new one belongs in rendered_steps
+    assert len(remote_scripts.step_names()) == 15  # one template a step; a new one belongs in rendered_steps
 
 
 @pytest.mark.parametrize("name,script", STEPS, ids=[name for name, _ in STEPS])

@@ -142,7 +142,7 @@ def test_senders_nothing_locally_and_speak_strict_protocol():
     assert "# mailfleet:if-supported smtp_bind_address_enforce = yes" in lines
     tables = render.instance_tables(fleet, instance)
     assert set(tables) == {f"/etc/{instance.name}/recipient_access", f"/etc/{instance.name}/header_checks",
-                           f"/etc/{instance.name}/transport_shaping"}
+                           f"/etc/{instance.name}/body_checks", f"/etc/{instance.name}/transport_shaping"}
 
 
 def test_submission_ports_need_tls_and_no_sasl():
@@ -157,66 +157,6 @@ def test_submission_ports_need_tls_and_no_sasl():
         assert "-o smtpd_tls_protocols=>=TLSv1.2" in service
         assert "-o smtpd_tls_mandatory_protocols=>=TLSv1.2" in service
     assert "TLSv1" not in master.split("submission inet")[0]  # 25 keeps Postfix's defaults
-
-
-def test_signing_table_uses_patterns_for_domains_and_subdomains_deepest_first():
-    fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "a"},'
-                                            ' {"domain": "mail.example.com", "selector": "b"},'
-                                            ' {"domain": "example.com", "selector": "next"}]'})
-    files = render.signer_files(fleet)
-    lines = [line for line in files["/etc/opendkim/SigningTable"].splitlines() if not line.startswith("#")]
-    assert lines == [
-        "*@mail.example.com b._domainkey.mail.example.com",
-        "*@*.mail.example.com b._domainkey.mail.example.com",
-        "*@example.com a._domainkey.example.com",
-        "*@*.example.com a._domainkey.example.com",
-    ]
-    # Every key is in the KeyTable, also the one waiting to take over (rotation).
-    assert "next._domainkey.example.com example.com:next:/etc/opendkim/keys/example.com/next.private" \
-        in files["/etc/opendkim/KeyTable"]
-    assert set(files) == {"/etc/opendkim/KeyTable", "/etc/opendkim/SigningTable",
-                          "/etc/systemd/system/mailfleet-signer.service"}
-    # Mail of the subdomain carries both signatures; the probe expects exactly those.
-    assert render.expected_signatures(fleet, "mail.example.com") == [
-        "d=example.com s=a a=rsa-sha256", "d=mail.example.com s=b a=rsa-sha256"]
-    assert render.expected_signatures(fleet, "example.com") == ["d=example.com s=a a=rsa-sha256"]
-    assert render.expected_signatures(fleet, "notexample.com") == []
-    main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == "unix:/var/spool/mailfleet-signer/milter.sock"
-
-
-def test_a_domain_with_rsa_and_ed25519_keys_is_signed_by_the_one_signer_with_both():
-    fleet = fleet_with(**{"mailfleet:dkim": '[{"domain": "example.com", "selector": "r1"},'
-                                            ' {"domain": "example.com", "selector": "e1", "algorithm": "ed25519"},'
-                                            ' {"domain": "example.com", "selector": "e2", "algorithm": "ed25519"},'
-                                            ' {"domain": "example.net", "selector": "r2"}]'})
-    files = render.signer_files(fleet)
-
-    def table(path):
-        return [line for line in files[path].splitlines() if not line.startswith("#")]
-    # The first key of each algorithm signs; e2 is published only (rotation).
-    assert table("/etc/opendkim/SigningTable") == [
-        "*@example.com r1._domainkey.example.com", "*@*.example.com r1._domainkey.example.com",
-        "*@example.com e1._domainkey.example.com", "*@*.example.com e1._domainkey.example.com",
-        "*@example.net r2._domainkey.example.net", "*@*.example.net r2._domainkey.example.net"]
-    assert "e2._domainkey.example.com example.com:e2:/etc/opendkim/keys/example.com/e2.private" \
-        in table("/etc/opendkim/KeyTable")
-    assert render.expected_signatures(fleet, "example.com") == [
-        "d=example.com s=e1 a=ed25519-sha256", "d=example.com s=r1 a=rsa-sha256"]
-    main = settings(render.instance_main_cf(fleet, fleet.instances[0][1]))
-    assert main["smtpd_milters"] == "unix:/var/spool/mailfleet-signer/milter.sock"
-
-
-def test_the_signer_runs_unprivileged_on_a_socket_only_postfix_reaches():
-    unit = render.signer_files(fleet_of("prod"))["/etc/systemd/system/mailfleet-signer.service"]
-    service = dict(line.split("=", 1) for line in unit.split("[Service]")[1].split("[Install]")[0].splitlines()
-                   if "=" in line and not line.startswith("#"))
-    assert service["User"] == service["Group"] == "opendkim"
-    assert service["UMask"] == "0007"
-    assert service["ExecStart"] == ("/usr/local/sbin/mailfleet-signer -tables /etc/opendkim"
-                                    " -socket /var/spool/mailfleet-signer/milter.sock")
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert service["ReadWritePaths"] == "/var/spool/mailfleet-signer"
 
 
 def test_cloud_init_puts_every_ip_on_one_interface():

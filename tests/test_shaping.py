@@ -87,7 +87,8 @@ def test_with_a_relayhost_there_is_no_shaping_and_a_warning_when_it_was_configur
     assert "transport_maps" not in settings(render.instance_main_cf(fleet, instance))
     assert "smtp-google" not in render.instance_master_cf(fleet, instance)
     assert set(render.instance_tables(fleet, instance)) == {f"/etc/{instance.name}/recipient_access",
-                                                           f"/etc/{instance.name}/header_checks"}
+                                                           f"/etc/{instance.name}/header_checks",
+                                                           f"/etc/{instance.name}/body_checks"}
     assert not [w for w in fleet_warnings(fleet) if "shaping" in w]
     shaped = fleet_with(**{"mailfleet:relayhost": "[relay.example.com]:25",
                            "mailfleet:shaping": {"groups": {"google": {"connections": 2}}}})

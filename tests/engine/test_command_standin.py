@@ -213,16 +213,16 @@ def remote(host: TestHost, shell: str) -> str:
 
 
 def test_a_file_asset_lands_byte_identical_parents_created_and_with_the_servers_default_mode(host, tmp_path):
-    binary = tmp_path / "mailfleet-signer"
+    binary = tmp_path / "some-binary"
     binary.write_bytes(os.urandom(5 * 1024 * 1024))
     binary.chmod(0o755)
-    inputs = upload(host, file_asset(binary), "/opt/copy-test/new/mailfleet-signer")
+    inputs = upload(host, file_asset(binary), "/opt/copy-test/new/some-binary")
     created = provider(host, "Create", properties=inputs)["response"]
     assert created["id"] and created["properties"]["remotePath"] == inputs["remotePath"]
     assert standin.is_secret(created["properties"]["connection"])
-    assert remote(host, "sha256sum /opt/copy-test/new/mailfleet-signer").split()[0] == inputs["source"]["hash"]
+    assert remote(host, "sha256sum /opt/copy-test/new/some-binary").split()[0] == inputs["source"]["hash"]
     # pulumi-command does not carry the mode over (Go's sftp.Create): the program must chmod.
-    assert remote(host, "stat -c %a /opt/copy-test/new/mailfleet-signer") == "644"
+    assert remote(host, "stat -c %a /opt/copy-test/new/some-binary") == "644"
 
 
 def test_a_remote_path_that_is_a_directory_receives_the_file_inside_it(host, tmp_path):

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.engine
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = "engine"
-PROJECT_FILES = ["Pulumi.yaml", "__main__.py", "components", "mailfleet", "templates", "policy", "signer"]
+PROJECT_FILES = ["Pulumi.yaml", "__main__.py", "components", "mailfleet", "templates", "policy"]
 PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 figures: dict[str, float] = {}
@@ -140,9 +140,7 @@ def host():
 
 
 @pytest.fixture(scope="module")
-def pulumi(toolchain, host, tmp_path_factory, signer_binary) -> Pulumi:
-    # signer_binary: the program builds the signer inside the host's namespace, which has no
-    # network; building it here first puts its Go modules in the cache.
+def pulumi(toolchain, host, tmp_path_factory) -> Pulumi:
     cli = Pulumi(toolchain, copy_project(tmp_path_factory.mktemp("engine")), host.netns)
     cli("login", f"file://{cli.project.parent / 'state'}")
     cli("stack", "init", STACK, "--secrets-provider", "passphrase")
@@ -170,7 +168,7 @@ def test_preview_on_a_new_stack_lists_every_resource_the_program_declares(pulumi
     steps = preview_steps(pulumi)
     creates = {name_of(s["urn"]) for s in steps if s["op"] == "create"}
     expected = {"mailtest-preflight", "mailtest-packages", "mailtest-postfix-default",
-                "mailtest-opendkim-keys", "mailtest-opendkim-binary", "mailtest-opendkim-config", "tls-ca-key", "tls-ca"}
+                "mailtest-opendkim-keys", "mailtest-opendkim-config", "mailtest-retire-mailfleet-signer", "tls-ca-key", "tls-ca"}
     for instance in INSTANCES:
         name = instance["name"]
         expected |= {f"{name}-tls", f"{name}-config", f"tls-{name}-key", f"tls-{name}-csr", f"tls-{name}-cert"}

@@ -15,7 +15,7 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE K
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory, signer_binary) -> Pulumi:
+def cli(tmp_path_factory) -> Pulumi:
     cli = Pulumi(build_toolchain(), copy_project(tmp_path_factory.mktemp("engine-tenants")), None)
     cli("login", f"file://{cli.project.parent / 'state'}")
     for stack in ("secret", "plain"):

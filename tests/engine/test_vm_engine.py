@@ -59,7 +59,7 @@ def guest(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pulumi(guest, tmp_path_factory, signer_binary) -> Pulumi:
+def pulumi(guest, tmp_path_factory) -> Pulumi:
     test_guest, directory = guest
     cli = Pulumi(build_toolchain(), copy_project(tmp_path_factory.mktemp("engine-vm")), test_guest.netns)
     cli.env[GUESTS] = str(directory)

@@ -7,11 +7,10 @@ at Postfix's own `smtp-sink` inside the host and drives one instance with Postfi
 restored afterwards). Queues are drained between runs. Every message of a signed run must
 reach the sink with a DKIM-Signature, and a sample must verify against the stack's dkimRecords.
 
-The signer is the one the program deploys, mailfleet-signer. With --signers, the same host and
-runs measure others in its place, on its socket and with the tables mailfleet rendered: `opendkim`
-(Debian's OpenDKIM 2.11, which signed before it, configured as mailfleet configured it) and
-`noop-milter` (tests/integration/noop_milter.c, which signs nothing: the cost of the milter protocol
-alone, the floor under any milter signer). The summary puts them side by side.
+`opendkim` is the signer the program deploys (Debian's OpenDKIM 2.11 under mailfleet's
+configuration and hardening drop-in). `noop-milter` (tests/integration/noop_milter.c, which signs
+nothing) runs in its place on its socket: the cost of the milter protocol alone, the floor under any
+milter signer. The summary puts them side by side.
 
 Prints figures only; it asserts no time. Run: scripts/benchmark-signing [--rounds N] [--signers ...]
 """
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, as py
 from integration.test_apply import (INSTANCES, RELAY_CLIENT, apply, config_for,  # noqa: E402
                                     verify_dkim)
 from integration.testhost import SUITE, SUITES, TestHost  # noqa: E402
-from mailfleet.render import SIGNER_SOCKET, SIGNER_TABLES, SIGNER_UNIT  # noqa: E402
+from mailfleet.signing import RSA  # noqa: E402
 
 INSTANCE = INSTANCES[0]
 SINK_PORT = 2526  # smtp-sink inside the host; the aiosmtpd sink of the tests keeps 2525
@@ -41,22 +40,9 @@ SIZE = 8192
 SENDER, RECIPIENT = "news@example.com", "someone@example.org"
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
-SIGNERS = ("mailfleet-signer", "opendkim", "noop-milter")
-BENCH_UNIT = "bench-signer"  # the transient unit a signer other than the deployed one runs as
-# OpenDKIM as mailfleet configured it until it was replaced (RSA keys: the bench stack has no other).
-OPENDKIM_CONF = f"""Mode s
-SignatureAlgorithm rsa-sha256
-Canonicalization relaxed/simple
-SignHeaders From,To,Cc,Subject,Date,Message-ID,Reply-To,MIME-Version,Content-Type,List-Unsubscribe,List-Unsubscribe-Post
-OversignHeaders From
-MultipleSignatures yes
-UserID opendkim
-UMask 007
-Socket local:{SIGNER_SOCKET}
-KeyTable file:{SIGNER_TABLES}/KeyTable
-SigningTable refile:{SIGNER_TABLES}/SigningTable
-InternalHosts 127.0.0.0/8
-"""
+SIGNERS = ("opendkim", "noop-milter")
+BENCH_UNIT = "bench-signer"  # the transient unit the no-op milter runs as
+SIGNER_UNIT, SIGNER_SOCKET = RSA.unit, RSA.socket  # the bench stack has RSA keys only
 
 
 def build_noop_milter() -> Path:
@@ -80,20 +66,16 @@ class Bench:
     def use_signer(self, signer: str):
         """Put `signer` on the deployed signer's socket: the instance's milter settings stay as applied."""
         self.sh(f"systemctl stop {BENCH_UNIT} 2>/dev/null; true")
-        if signer == "mailfleet-signer":
+        if signer == "opendkim":
             self.sh(f"systemctl start {SIGNER_UNIT}")
             self.unit = SIGNER_UNIT
             return
         self.sh(f"systemctl stop {SIGNER_UNIT}")
-        if signer == "opendkim":
-            (self.host.rootfs / "var/tmp/bench-opendkim.conf").write_text(OPENDKIM_CONF)
-            command = "/usr/sbin/opendkim -f -x /var/tmp/bench-opendkim.conf"
-        else:
-            shutil.copy(build_noop_milter(), self.host.rootfs / "usr/local/sbin" / signer)
-            command = f"/usr/local/sbin/{signer} {SIGNER_SOCKET} noreply"
-        # As root (OpenDKIM drops to its user itself). Group postfix (as the setgid socket
-        # directory gives) and umask 007: Postfix, and only Postfix, connects.
-        self.sh(f"rm -f {SIGNER_SOCKET}; systemd-run --unit={BENCH_UNIT} -p Group=postfix -p UMask=0007 {command}; "
+        shutil.copy(build_noop_milter(), self.host.rootfs / "usr/local/sbin" / signer)
+        # Group postfix (as the setgid socket directory gives) and umask 007: Postfix, and only
+        # Postfix, connects.
+        self.sh(f"rm -f {SIGNER_SOCKET}; systemd-run --unit={BENCH_UNIT} -p User=opendkim -p Group=postfix "
+                f"-p UMask=0007 /usr/local/sbin/{signer} {SIGNER_SOCKET} noreply; "
                 f"for i in $(seq 50); do [ -S {SIGNER_SOCKET} ] && break; sleep 0.1; done")
         if self.host.run(f"systemctl is-active -q {BENCH_UNIT}", check=False)[0] != 0:
             raise RuntimeError(f"{signer} did not start:\n" + self.sh(f"journalctl -o cat -u {BENCH_UNIT} | tail -20"))
@@ -182,7 +164,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternations of off/on per figure")
     parser.add_argument("--messages", type=int, default=2000, help="messages per 10-session run")
     parser.add_argument("--single", type=int, default=500, help="messages per 1-session run")
-    parser.add_argument("--signers", default="mailfleet-signer",
+    parser.add_argument("--signers", default="opendkim,noop-milter",
                         help=f"comma-separated, measured in this order: {', '.join(SIGNERS)}")
     parser.add_argument("--suite", default=SUITE, choices=SUITES, help="the test host's Debian release")
     parser.add_argument("--keep", metavar="FILE", help="then leave the host up until FILE is removed")
@@ -196,6 +178,8 @@ def main():
     try:
         run, _, seconds = apply(host, config_for(host, **{"mailfleet:relayhost": f"[127.0.0.1]:{SINK_PORT}"}))
         print(f"{args.suite}: applied in {seconds:.1f} s; load: {os.getloadavg()[0]:.2f}", flush=True)
+        exposure = host.run(f"systemd-analyze security --no-pager {SIGNER_UNIT}.service | tail -n 1")[1].strip()
+        print(f"{args.suite}: {exposure}", flush=True)
         bench = Bench(host, run.outputs["dkimRecords"])
         bench.start_sink()
         summary = {signer: measure(bench, signer, args) for signer in signers}
@@ -211,7 +195,7 @@ def main():
                   f"rm {args.keep} to stop it", flush=True)
             while Path(args.keep).exists():
                 time.sleep(2)
-        bench.use_signer("mailfleet-signer")
+        bench.use_signer("opendkim")
         bench.stop_sink()
     finally:
         host.stop()

@@ -49,7 +49,8 @@ def main():
     # Blocked before the server thread starts, so SIGTERM reaches the sigwait below.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    controller = Controller(SaveAsJson(args.dir), hostname=args.host, port=args.port)
+    # Room for the signing corpus's 30 MB attachment (about 41 MB encoded); aiosmtpd's default is 32 MB.
+    controller = Controller(SaveAsJson(args.dir), hostname=args.host, port=args.port, data_size_limit=64 * 1024 * 1024)
     controller.start()
     signal.sigwait(stop_signals)
     controller.stop()

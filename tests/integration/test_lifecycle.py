@@ -9,6 +9,7 @@ one host: deploy two instances, then change them step by step.
 from __future__ import annotations
 
 import smtplib
+import threading
 import time
 
 import pytest
@@ -60,58 +61,148 @@ def _quiet_about(failure: str):
     loop.set_exception_handler(handler)
 
 
-# ---- a host that OpenDKIM signed for (mailfleet before mailfleet-signer) moves over in one apply ----
+# ---- a host that mailfleet-signer signed for moves back to OpenDKIM in one apply ----
 
-OLD_SOCKET = "/var/spool/opendkim/opendkim.sock"
-OLD_OPENDKIM_CONF = f"""# Managed by mailfleet: edits here are overwritten on the next `pulumi up`.
-Mode s
-UserID opendkim
+OLD_SOCKET_DIR = "/var/spool/mailfleet-signer"
+OLD_SOCKET = f"{OLD_SOCKET_DIR}/milter.sock"
+UPLOAD = "/root/.mailfleet-signer-0123456789abcdef"
+# The unit the previous mailfleet installed (its template, rendered). Its binary is gone from the
+# repository, so a stand-in takes its place: OpenDKIM on the signer's socket, with the signer's
+# tables, so that the host signs through the old path until the switch, as it did.
+OLD_UNIT = f"""# Managed by mailfleet: edits here are overwritten on the next `pulumi up`.
+# The DKIM signer of every Postfix instance on this host (mailfleet's signer/, in place of OpenDKIM).
+[Unit]
+Description=mailfleet DKIM signer (milter) for the Postfix instances
+
+[Service]
+Type=exec
+User=opendkim
+Group=opendkim
+UMask=0007
+ExecStart=/usr/local/sbin/mailfleet-signer -tables /etc/opendkim -socket {OLD_SOCKET}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={OLD_SOCKET_DIR}
+ProtectHome=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+STAND_IN = f"""#!/bin/sh
+# Stand-in for the mailfleet-signer binary (tests only): OpenDKIM on the signer's socket.
+exec /usr/sbin/opendkim -f -x {OLD_SOCKET_DIR}/stand-in.conf
+"""
+STAND_IN_CONF = f"""Mode s
+Canonicalization relaxed/simple
+OversignHeaders From
 UMask 007
 Socket local:{OLD_SOCKET}
-PidFile /run/opendkim/opendkim.pid
 KeyTable file:/etc/opendkim/KeyTable
 SigningTable refile:/etc/opendkim/SigningTable
-InternalHosts refile:/etc/opendkim/TrustedHosts
+InternalHosts 127.0.0.0/8,{RELAY_CLIENT}
 """
 
 
-def test_a_host_that_opendkim_signed_for_moves_to_the_signer(host, fleet):
-    """The layout the previous mailfleet left: its opendkim.conf (Debian's kept as .pre-mailfleet),
-    TrustedHosts, OpenDKIM running on a socket in /var/spool/opendkim that every instance names."""
-    debian_conf = host.run("cat /etc/opendkim.conf")[1]
-    host.run("systemctl disable -q --now mailfleet-signer")
-    host.run("cp -p /etc/opendkim.conf /etc/opendkim.conf.pre-mailfleet && "
-             "install -d -m 2750 -o opendkim -g postfix /var/spool/opendkim && "
-             f"printf '127.0.0.0/8\\n{RELAY_CLIENT}\\n' >/etc/opendkim/TrustedHosts && "
-             "cat >/etc/opendkim.conf <<'EOF'\n"
-             f"{OLD_OPENDKIM_CONF}EOF\nsystemctl enable -q --now opendkim")
-    for instance in fleet["instances"]:
+def as_the_signer_left_it(host: TestHost, instances: list[dict]):
+    """The layout the previous mailfleet left: OpenDKIM disabled with the package's opendkim.conf,
+    mailfleet-signer's unit, binary, socket directory and upload, every instance naming its socket."""
+    host.run("systemctl disable -q --now opendkim && rm -rf /etc/systemd/system/opendkim.service.d "
+             "/etc/opendkim/TrustedHosts /var/spool/opendkim && "
+             "mv -f /etc/opendkim.conf.pre-mailfleet /etc/opendkim.conf && "
+             "sed -i '\\|^/etc/opendkim.conf$|d; \\|^/etc/opendkim/TrustedHosts$|d; \\|opendkim.service.d|d' "
+             "/var/lib/mailfleet/managed-files")
+    host.run(f"install -d -m 2750 -o opendkim -g postfix {OLD_SOCKET_DIR} && "
+             f"cat >/etc/systemd/system/mailfleet-signer.service <<'EOF'\n{OLD_UNIT}EOF\n"
+             f"cat >/usr/local/sbin/mailfleet-signer <<'EOF'\n{STAND_IN}EOF\n"
+             f"cat >{OLD_SOCKET_DIR}/stand-in.conf <<'EOF'\n{STAND_IN_CONF}EOF\n"
+             f"chmod 755 /usr/local/sbin/mailfleet-signer && cp /usr/local/sbin/mailfleet-signer {UPLOAD} && "
+             "printf '%s\\n' /etc/systemd/system/mailfleet-signer.service /usr/local/sbin/mailfleet-signer "
+             ">>/var/lib/mailfleet/managed-files && "
+             "systemctl daemon-reload && systemctl enable -q --now mailfleet-signer && "
+             f"for i in $(seq 50); do [ -S {OLD_SOCKET} ] && break; sleep 0.1; done")
+    for instance in instances:
         directory = f"/etc/{instance['name']}"
         host.run(f"postconf -c {directory} -e smtpd_milters=unix:{OLD_SOCKET} && postfix -c {directory} reload")
+
+
+class Sender(threading.Thread):
+    """Sends a message through FIRST every 0.2 s until stopped; records each SMTP answer."""
+
+    def __init__(self, host: TestHost):
+        super().__init__(daemon=True)
+        self.host, self.stop, self.answers = host, threading.Event(), []
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            subject = f"during the switch {n}"
+            try:
+                with self.host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
+                    client.send_message(message("news@example.com", subject))
+                self.answers.append((subject, 250))
+            except smtplib.SMTPResponseException as error:
+                self.answers.append((subject, error.smtp_code))
+            except smtplib.SMTPRecipientsRefused as error:
+                self.answers.append((subject, next(iter(error.recipients.values()))[0]))
+            except smtplib.SMTPSenderRefused as error:
+                self.answers.append((subject, error.smtp_code))
+            time.sleep(0.2)
+
+
+def test_a_host_that_mailfleet_signer_signed_for_moves_back_to_opendkim(host, fleet):
+    keys_before = host.run("sha256sum /etc/opendkim/keys/*/*.private")[1]
+    debian_conf = host.run("cat /etc/opendkim.conf.pre-mailfleet")[1]
+    as_the_signer_left_it(host, fleet["instances"])
     host.clear_sink()
     with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
-        client.send_message(message("news@example.com", "signed by OpenDKIM"))
-    assert verify_dkim(wait_for(host, "signed by OpenDKIM")["data"], fleet["run"].outputs["dkimRecords"])
+        client.send_message(message("news@example.com", "signed by the old signer"))
+    assert verify_dkim(wait_for(host, "signed by the old signer")["data"], fleet["run"].outputs["dkimRecords"])
 
-    run, mocks, _ = apply(host, config_for(host, instances=fleet["instances"]))
+    sender = Sender(host)
+    sender.start()
+    try:
+        run, mocks, seconds = apply(host, config_for(host, instances=fleet["instances"]))
+    finally:
+        time.sleep(2)
+        sender.stop.set()
+        sender.join(30)
     output = step_output(mocks)
-    assert "stopped and disabled opendkim: mailfleet-signer signs" in output, output
-    assert "restored the package's /etc/opendkim.conf" in output, output
-    assert host.run("cat /etc/opendkim.conf")[1] == debian_conf
-    assert host.run("systemctl is-enabled opendkim", check=False)[1].strip() == "disabled"
-    assert host.run("systemctl is-active mailfleet-signer")[1].strip() == "active"
-    for gone in ("/var/spool/opendkim", "/etc/opendkim/TrustedHosts", "/etc/opendkim.conf.pre-mailfleet"):
+    assert "stopped and disabled mailfleet-signer: OpenDKIM signs" in output, output
+    for gone in ("/etc/systemd/system/mailfleet-signer.service", "/usr/local/sbin/mailfleet-signer", OLD_SOCKET_DIR,
+                 UPLOAD):
+        assert f"removed {gone}" in output, (gone, output)
         assert host.run(f"test -e {gone}", check=False)[0] != 0, gone
+    assert "mailfleet-signer" not in host.run("cat /var/lib/mailfleet/managed-files")[1]
+    assert host.run("systemctl is-active opendkim")[1].strip() == "active"
+    assert host.run("systemctl is-enabled opendkim")[1].strip() == "enabled"
+    assert host.run("systemctl is-active mailfleet-signer", check=False)[1].strip() != "active"
+    # The package's opendkim.conf is kept aside again, mailfleet's is in place.
+    assert host.run("cat /etc/opendkim.conf.pre-mailfleet")[1] == debian_conf
     for instance in fleet["instances"]:
         milters = host.run(f"postconf -c /etc/{instance['name']} -h smtpd_milters")[1].strip()
-        assert milters == "unix:/var/spool/mailfleet-signer/milter.sock", (instance["name"], milters)
-    host.clear_sink()
-    with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
-        client.send_message(message("news@example.com", "signed by mailfleet-signer"))
-    assert verify_dkim(wait_for(host, "signed by mailfleet-signer")["data"], run.outputs["dkimRecords"])
+        assert milters == "unix:/var/spool/opendkim/opendkim.sock", (instance["name"], milters)
+    # The same keys and selectors: no DNS change.
+    assert host.run("sha256sum /etc/opendkim/keys/*/*.private")[1] == keys_before
+    assert run.outputs["dkimRecords"] == fleet["run"].outputs["dkimRecords"]
+    # Mail during the switch: each message accepted or deferred (4xx), never refused; each
+    # accepted one arrives signed, and its signature verifies.
+    answers = dict(sender.answers)
+    assert len(answers) >= 5, answers
+    assert set(answers.values()) <= {250, 421, 450, 451, 452}, answers
+    accepted = [subject for subject, code in answers.items() if code == 250]
+    assert accepted, answers
+    for subject in accepted:
+        assert verify_dkim(wait_for(host, subject, timeout=120)["data"], run.outputs["dkimRecords"]), subject
+    figures_of_the_switch = {"messages": len(answers), "deferred": len(answers) - len(accepted),
+                             "apply s": round(seconds, 1)}
+    print(f"during the switch: {figures_of_the_switch}")
     # And the next apply has nothing left to move.
     _, mocks, _ = apply(host, config_for(host, instances=fleet["instances"]))
-    assert "opendkim" not in step_output(mocks), step_output(mocks)
+    assert "mailfleet-signer" not in step_output(mocks), step_output(mocks)
 
 
 # ---- submission ports as a client meets them ----
@@ -190,7 +281,7 @@ def test_a_dkim_key_dropped_from_the_config_is_removed(host, fleet):
     assert host.run(f"test -e {dropped}", check=False)[0] != 0
     assert host.run(f"test -f {kept}", check=False)[0] == 0
     assert dropped_domain not in host.run("cat /etc/opendkim/KeyTable /etc/opendkim/SigningTable")[1]
-    assert host.run("systemctl is-active mailfleet-signer")[1].strip() == "active"
+    assert host.run("systemctl is-active opendkim")[1].strip() == "active"
     host.clear_sink()
     with host.smtp(FIRST["ip"], source=RELAY_CLIENT) as client:
         client.send_message(message(f"news@{kept_domain}", "after a key left"))
@@ -203,7 +294,7 @@ def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains
     name = SECOND["name"]
     retire = fleet["mocks"].commands[f"{name}-config"]  # the delete the engine runs when it leaves
     # With the signer down, local mail waits in the instance's queue (maildrop): it cannot leave unsigned.
-    host.run("systemctl stop mailfleet-signer")
+    host.run("systemctl stop opendkim")
     try:
         host.clear_sink()
         held = message("news@example.com", "queued while retiring")
@@ -217,7 +308,7 @@ def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains
         assert queued(host, name) == 1
         assert host.sink_messages() == []
     finally:
-        host.run("systemctl start mailfleet-signer")
+        host.run("systemctl start opendkim")
     # Released: the message leaves signed, and the retirement goes through.
     received = wait_for(host, "queued while retiring", timeout=120)
     assert verify_dkim(received["data"], fleet["run"].outputs["dkimRecords"])

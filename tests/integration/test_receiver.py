@@ -336,20 +336,20 @@ def test_sendmail_on_the_host_leaves_signed_from_the_first_instance(host, receiv
 
 
 def test_reapply_with_both_algorithms_changes_nothing(host, deployed):
-    """One signer signs with both algorithms; with Ed25519 keys it converges like everything else."""
-    pids = host.run("systemctl show -p MainPID --value mailfleet-signer")[1].split()
-    files = host.run("find /etc/opendkim /etc/systemd/system/mailfleet-signer.service /usr/local/sbin/mailfleet-signer"
-                     " /etc/postfix-4* -type f -exec sha256sum {} +")[1]
+    """Two OpenDKIM processes sign, one per algorithm; with Ed25519 keys it converges like everything else."""
+    pids_of = "systemctl show -p MainPID --value opendkim opendkim-ed25519"
+    found = ("find /etc/opendkim /etc/opendkim*.conf /etc/systemd/system/opendkim*"
+             " /etc/postfix-4* -type f -exec sha256sum {} +")
+    pids, files = host.run(pids_of)[1].split(), host.run(found)[1]
     mocks = stateful_mocks(host)
     started = time.monotonic()
     deploy(host, config_for(host), mocks)
     figures["re-apply s"] = round(time.monotonic() - started, 1)
     output = "\n".join(e.get("stdout") or "" for e in mocks.log if e["type"] == "command:remote:Command")
     assert not re.search(r"^(changed|created|installed|started|reloaded|restarted|enabled|removed) ", output, re.M), output
-    assert host.run("systemctl show -p MainPID --value mailfleet-signer")[1].split() == pids
-    assert len(pids) == 1 and "0" not in pids
-    assert host.run("find /etc/opendkim /etc/systemd/system/mailfleet-signer.service /usr/local/sbin/mailfleet-signer"
-                    " /etc/postfix-4* -type f -exec sha256sum {} +")[1] == files
+    assert host.run(pids_of)[1].split() == pids
+    assert len(pids) == 2 and "0" not in pids
+    assert host.run(found)[1] == files
 
 
 def test_print_figures(deployed):

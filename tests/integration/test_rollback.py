@@ -2,9 +2,10 @@
 
 A host that already runs Debian's Postfix ("Local only") while something holds the dpkg lock gets
 its first apply: the install waits for the lock, the files it replaces are kept as
-*.pre-mailfleet, the default instance lets go of the instances' addresses, Debian's OpenDKIM is
-stopped and its files left alone. Then: a signer table change is a reload (same PID); a broken
-signer table is refused by `mailfleet-signer -check` and the signer keeps signing with the old; a
+*.pre-mailfleet, the default instance lets go of the instances' addresses, Debian's OpenDKIM
+configuration is kept aside. Then: a signing table change is a reload (same PID); a signing table
+with which OpenDKIM no longer signs, or signs with a key that is not the selector's, is caught
+by the probe, rolled back, and OpenDKIM keeps signing with the old; a
 deliberately broken instance change that `postfix check` passes (it breaks STARTTLS) is rolled back, the step names the instance and the instance
 keeps answering with its old files, its master never restarted; Postfix units of a kind it does not
 know stop the apply at preflight, before any change.
@@ -21,7 +22,7 @@ from harness import run_program
 from integration.test_apply import INSTANCES as ALL_INSTANCES
 from integration.test_apply import RELAY_CLIENT, StatefulMocks, config_for, file_states, listeners, master_pid, step_output
 from integration.testhost import TestHost, booted
-from mailfleet import render
+from mailfleet import render, signing
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +91,12 @@ def test_first_apply_on_an_existing_postfix_waits_for_dpkg_and_keeps_pre_mailfle
 
     assert host.run("cat /etc/postfix/main.cf.pre-mailfleet")[1] == original_main_cf
     assert host.run("head -n 1 /etc/postfix/main.cf")[1].startswith("# Managed by mailfleet")
-    # mailfleet-signer signs; Debian's OpenDKIM is stopped, its configuration as the package left it.
-    assert "stopped and disabled opendkim: mailfleet-signer signs" in step_output(mocks)
-    assert "mailfleet" not in host.run("cat /etc/opendkim.conf")[1]
-    assert host.run("systemctl is-enabled opendkim", check=False)[1].strip() == "disabled"
+    # OpenDKIM signs with mailfleet's configuration; the package's is kept aside.
+    assert "mailfleet" not in host.run("cat /etc/opendkim.conf.pre-mailfleet")[1]
+    assert host.run("systemctl is-enabled opendkim")[1].strip() == "enabled"
     # No copy of what mailfleet wrote itself (postmulti's files, keys, certificates).
     copies = host.run("find /etc -name '*.pre-mailfleet' | sort")[1].split()
-    assert copies == ["/etc/postfix/main.cf.pre-mailfleet"], copies
+    assert copies == ["/etc/opendkim.conf.pre-mailfleet", "/etc/postfix/main.cf.pre-mailfleet"], copies
     # The default instance was bound to every loopback address: restarted, it holds 127.0.0.1 only.
     found = listeners(host)
     default = master_pid(host, "-")
@@ -120,37 +120,59 @@ def test_bounce_queue_lifetime_follows_a_shorter_maximal_queue_lifetime(host, st
 
 
 def signer_pid(host) -> str:
-    return host.run("systemctl show -p MainPID --value mailfleet-signer")[1].strip()
+    return host.run("systemctl show -p MainPID --value opendkim")[1].strip()
 
 
-def test_a_signer_table_change_is_a_reload_that_keeps_its_pid(host, state):
+def test_a_signing_table_change_is_a_reload_that_keeps_its_pid(host, state):
     pid = signer_pid(host)
     host.run("echo '# edited by hand' >> /etc/opendkim/SigningTable")
     mocks, error = apply(host, state)
     assert error is None, error
-    assert "reloaded mailfleet-signer" in step_output(mocks) and "restarted" not in step_output(mocks)
+    assert "reloaded opendkim" in step_output(mocks) and "restarted" not in step_output(mocks)
     assert signer_pid(host) == pid
     assert "edited by hand" not in host.run("cat /etc/opendkim/SigningTable")[1]
 
 
-def test_a_broken_signer_table_is_refused_and_the_signer_keeps_signing(host, state, monkeypatch):
-    files, pid = file_states(host), signer_pid(host)
-    rendered = render.signer_files
+def signs_and_verifies(host) -> str:
+    """The probe the step runs, run again by hand: OpenDKIM signs mail from example.com with s1."""
+    return host.run("source /dev/stdin <<'EOF'\n" + remote_lib() + "\nEOF\n"
+                    "probe_opendkim /etc/opendkim/keys opendkim unix:/var/spool/opendkim/opendkim.sock "
+                    "news@example.com 'd=example.com s=s1 a=rsa-sha256' && echo signed-and-verified",
+                    check=False)[1]
 
-    def signer_files(fleet):
-        files = rendered(fleet)
-        files["/etc/opendkim/SigningTable"] += "*@example.org no-such-key._domainkey.example.org\n"
+
+def remote_lib() -> str:
+    from mailfleet.remote_scripts import LIBRARY
+    return LIBRARY.replace("set -euo pipefail", "set -uo pipefail")
+
+
+@pytest.mark.parametrize("broken,seen", [
+    # A SigningTable line whose key is not in the KeyTable: OpenDKIM tempfails the message.
+    ("*@example.com no-such-key._domainkey.example.com\n", "refused the message at"),
+    # s1 signing with example.net's key: a signature is there, with the right d= and s=, but the
+    # receiver's lookup of s1 would not verify it.
+    (None, "do not verify against the installed keys"),
+])
+def test_a_table_that_breaks_signing_is_rolled_back_and_opendkim_keeps_signing(host, state, monkeypatch, broken, seen):
+    files, pid = file_states(host), signer_pid(host)
+    rendered = signing.files
+
+    def files_with_a_fault(keys, networks):
+        files = rendered(keys, networks)
+        if broken:
+            files["/etc/opendkim/SigningTable"] += broken
+        else:
+            files["/etc/opendkim/KeyTable"] = files["/etc/opendkim/KeyTable"].replace(
+                "/etc/opendkim/keys/example.com/s1.private", "/etc/opendkim/keys/example.net/s2.private")
         return files
-    monkeypatch.setattr(render, "signer_files", signer_files)
+    monkeypatch.setattr(signing, "files", files_with_a_fault)
     mocks, error = apply(host, state)
     message = step_error(mocks, "mailtest-opendkim-config")
-    assert "mailfleet-signer -check failed; the previous files are restored" in message, error
-    assert "no-such-key" in message, message
+    assert "OpenDKIM failed after the change" in message and "the previous files are restored" in message, error
+    assert seen in message, message
     assert file_states(host) == files
-    assert signer_pid(host) == pid
-    probe = host.run("runuser -u postfix -- /usr/local/sbin/mailfleet-signer -probe"
-                     " -socket /var/spool/mailfleet-signer/milter.sock -from news@example.com")[1]
-    assert "d=example.com" in probe, probe
+    assert signer_pid(host) == pid  # reloaded with the new tables, and again with the old: same process
+    assert "signed-and-verified" in signs_and_verifies(host)
     monkeypatch.undo()
     mocks, error = apply(host, state)
     assert error is None, error

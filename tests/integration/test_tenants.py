@@ -78,7 +78,7 @@ def host(suite):
 def deployed(host):
     run, mocks, seconds = apply(host, config_for(host))
     figures[f"{SUITES[host.suite]} first apply with tenants s"] = round(seconds, 1)
-    assert "installed postfix opendkim opendkim-tools dovecot-core" in step_output(mocks)
+    assert "installed postfix opendkim opendkim-tools miltertest dovecot-core" in step_output(mocks)
     return {"run": run, "mocks": mocks}
 
 

@@ -16,7 +16,9 @@ with pulumi-command's documented behaviour. It is NOT the real provider (docs/to
   stderr go as PULUMI_COMMAND_STDOUT/STDERR, and a refusal of those only warns;
 - a failed command fails the step with `Process exited with status N: running "...":` and its output;
 - the output is logged to the engine against the resource, as `logging` says (default both).
-CopyToRemote (pulumi-command's remote/copy.go and copyController.go at v1.2.1):
+CopyToRemote (pulumi-command's remote/copy.go and copyController.go at v1.2.1; the program no
+longer uploads anything, but stacks deployed with mailfleet-signer hold a `HOST-opendkim-binary`
+CopyToRemote that the engine deletes on their next `pulumi up`):
 - inputs: connection, source, remotePath, triggers; outputs: the inputs echoed, `connection` secret;
 - source: a FileAsset, a StringAsset or a FileArchive (a path); Check refuses any other, and an
   unknown source too (as 1.2.1 does: fixed after it, pulumi-command#1184); a relative path is the
