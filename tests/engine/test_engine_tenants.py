@@ -8,12 +8,13 @@ import re
 import pytest
 import yaml
 
+from keys import openssh_private_key
 from engine.test_engine import Pulumi, build_toolchain, copy_project, fleet_config
 
 pytestmark = pytest.mark.engine
 
 PASSWORD = "alice-engine-password-0001"
-SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"  # never used: no command runs
+SSH_KEY = openssh_private_key()  # generated here, never used: a preview runs no command
 
 
 @pytest.fixture(scope="module")
