@@ -80,6 +80,39 @@ def _run(cmd, timeout=600):
     return result.stdout
 
 
+def _systemd_cgroup_roots():
+    """Where this process sits in the cgroup hierarchies a container's systemd uses: the unified
+    (v2) one and, on a hybrid host, the v1 `name=systemd` one (mount point joined with our path)."""
+    ours = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers in ("", "name=systemd"):
+            ours[controllers] = path
+    roots = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        fstype, _source, options = (tail.split() + ["", ""])[:3]
+        mount_point = fields.split()[4]
+        if fstype == "cgroup2" and "" in ours:
+            roots.append(Path(mount_point + ours[""]))
+        elif fstype == "cgroup" and "name=systemd" in options.split(",") and "name=systemd" in ours:
+            roots.append(Path(mount_point + ours["name=systemd"]))
+    return roots
+
+
+def _remove_cgroup_tree(path: Path):
+    """rmdir a cgroup and its children, deepest first (a cgroup's files cannot be unlinked)."""
+    if not path.is_dir():
+        return
+    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count("/")):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+# Runs a command inside the cgroups given before it: `sh -c SCRIPT sh N CGROUP... COMMAND...`.
+_IN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1/cgroup.procs" || exit 1; shift; n=$((n - 1)); done; exec "$@"'
+
+
 def ensure_host_tools():
     if os.geteuid() != 0:
         raise TestHostUnavailable("not root: cannot debootstrap, nspawn or create namespaces")
@@ -272,6 +305,7 @@ class TestHost:
         self.ssh_public_key = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                             serialization.PublicFormat.OpenSSH).decode()
         self.netns = self.workdir = self._nspawn = self._sink = self._ssh = None
+        self._cgroups = []  # this host's own cgroups while its container runs
 
     def _image(self):
         """The rootfs tarball this host boots (a variant's host overrides it)."""
@@ -329,8 +363,24 @@ class TestHost:
                                   "--dir", self.workdir / "sink", "--port", SINK_PORT], "sink.log")
         self._wait_for_banner(self._sink, SINK_PORT, b"220", "sink.log")
 
+    def _spawn_container(self, nspawn_args, log_name="console.log"):
+        """Boot a container in a cgroup of its own. Without systemd as this machine's PID 1,
+        nspawn puts every container it starts from one cgroup into the same `payload` cgroup:
+        two test hosts booted at once (parallel test workers) would then run one systemd cgroup
+        tree between them, and each systemd would stop, prune and wait on the other's units of the
+        same name (postfix@-.service hanging a shutdown, "Failed to spawn executor" at a start)."""
+        self._cgroups = []
+        for root in _systemd_cgroup_roots():
+            cgroup = root / f"mailfleet-testhost-{self.netns}"
+            _remove_cgroup_tree(cgroup)  # what a previous boot's systemd left
+            with contextlib.suppress(OSError):
+                cgroup.mkdir()
+                self._cgroups.append(cgroup)
+        return self._spawn(["sh", "-c", _IN_CGROUPS, "sh", len(self._cgroups), *self._cgroups, *NSPAWN,
+                            *nspawn_args], log_name)
+
     def _boot(self):
-        self._nspawn = self._spawn([*NSPAWN, "--boot", "--capability=CAP_NET_ADMIN",
+        self._nspawn = self._spawn_container(["--boot", "--capability=CAP_NET_ADMIN",
                                     f"--network-namespace-path={self.netns_path}",
                                     f"--machine={self.netns}", "--resolv-conf=off",
                                     "-D", self.rootfs], "console.log")
@@ -355,8 +405,13 @@ class TestHost:
     def _halt_container(self):
         self._close_ssh()
         # nspawn turns SIGTERM into a clean shutdown of the container's systemd.
-        code = _terminate(self._nspawn, timeout=90) if self._nspawn else 0
+        # Longer than systemd's own stop timeout (90 s): a stop job that hangs is killed by the
+        # container's systemd, and the shutdown still ends cleanly.
+        code = _terminate(self._nspawn, timeout=150) if self._nspawn else 0
         self._nspawn = None
+        for cgroup in self._cgroups:
+            _remove_cgroup_tree(cgroup)
+        self._cgroups = []
         return code
 
     def restart(self):

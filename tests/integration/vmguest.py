@@ -158,10 +158,10 @@ class VmGuest(TestHost):
             return  # not powered on yet: power_on() boots
         started = time.monotonic()
         env = [f"--setenv={k}={v}" for k, v in guestinfo_environment(self.extra_config).items()]
-        self._nspawn = self._spawn([*NSPAWN, "--boot", "--capability=CAP_NET_ADMIN", *env,
-                                    f"--network-namespace-path={self.netns_path}",
-                                    f"--machine={self.netns}", "--resolv-conf=off",
-                                    "-D", self.rootfs], "console.log")
+        self._nspawn = self._spawn_container(["--boot", "--capability=CAP_NET_ADMIN", *env,
+                                              f"--network-namespace-path={self.netns_path}",
+                                              f"--machine={self.netns}", "--resolv-conf=off",
+                                              "-D", self.rootfs])
         self._wait_for_banner(self._nspawn, 22, b"SSH-", "console.log", timeout=180)
         # cloud-init's ssh module makes new host keys and restarts sshd on a new instance, maybe
         # just as the first login comes in.
