@@ -425,7 +425,8 @@ def test_without_tenants_dovecot_stops_587_serves_relay_networks_only_and_destro
     output = step_output(mocks)
     assert "removed /etc/dovecot/mailfleet: no tenants" in output
     assert "stopped and disabled dovecot: no tenants" in output
-    assert host.run("systemctl is-active dovecot", check=False)[1].strip() == "inactive"
+    state = host.run("systemctl is-active dovecot", check=False)[1].strip()
+    assert state == "inactive", host.run("journalctl --no-pager -o short-precise -u dovecot | tail -n 30", check=False)[1]
     assert host.run("systemctl is-enabled dovecot", check=False)[1].strip() == "disabled"
     assert host.run("test -e /etc/dovecot/mailfleet", check=False)[0] != 0
     for port in (587, 465):  # an outsider is turned away at the greeting again, as before tenants
