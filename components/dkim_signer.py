@@ -25,6 +25,9 @@ class DkimSignerArgs:
     """How to reach the host over SSH."""
     ssh_user: str
     """The SSH user, root or one that runs the steps through sudo."""
+    by_envelope: bool = False
+    """Choose the key by the envelope sender, not the From: field (with tenants, whose envelope
+    senders Postfix binds to their own domains)."""
     after: Sequence[pulumi.Resource] = ()
     """The steps that must be done on the host first (the packages)."""
 
@@ -43,5 +46,5 @@ class DkimSigner(pulumi.ComponentResource):
         keys = remote_step(f"{name}-keys", args.connection, args.ssh_user, keys_script, secret=True,
                            delete_script=signing.keys_delete_step(), parent=self, depends_on=args.after)
         self.ready = remote_step(f"{name}-config", args.connection, args.ssh_user,
-                                 signing.config_step(args.keys, args.networks), parent=self, depends_on=[keys])
+                                 signing.config_step(args.keys, args.networks, args.by_envelope), parent=self, depends_on=[keys])
         self.register_outputs({"selectors": sorted(by_record)})

@@ -77,7 +77,8 @@ class MailHost(pulumi.ComponentResource):
         default_instance = step("postfix-default", remote_scripts.default_instance(fleet, host), [packages])
         signer = DkimSigner(f"{name}-opendkim", DkimSignerArgs(
             keys=list(fleet.dkim), private_keys=args.dkim_private_keys, networks=mynetworks(fleet),
-            connection=connection, ssh_user=ssh_user, after=[packages]), opts=pulumi.ResourceOptions(parent=self))
+            by_envelope=bool(fleet.tenants), connection=connection, ssh_user=ssh_user, after=[packages]),
+            opts=pulumi.ResourceOptions(parent=self))
         # Secret when it carries tenants' password hashes. After the default instance (postmap reads
         # /etc/postfix/main.cf) and before the instances, whose 587 and 465 ask its Dovecot; deleted
         # after them.

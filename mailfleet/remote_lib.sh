@@ -379,6 +379,7 @@ probe_opendkim_once() {
       "local conn = mt.connect(\"$socket\", 1, 0)" \
       "if conn == nil then fail(\"cannot connect to $socket\") end" \
       "if mt.conninfo(conn, \"localhost\", \"127.0.0.1\") ~= nil then fail(\"connection refused\") end" \
+      "if mt.macro(conn, SMFIC_MAIL, \"{mail_addr}\", \"$from\") ~= nil then fail(\"macro refused\") end" \
       "if mt.mailfrom(conn, \"$from\") ~= nil then fail(\"MAIL FROM refused\") end" \
       "if mt.rcptto(conn, \"probe@mailfleet.invalid\") ~= nil then fail(\"RCPT TO refused\") end" \
       "mt.header(conn, \"From\", \"$from\")" \

@@ -39,6 +39,9 @@ SIGN_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To",
 # Signed once more than they occur: a copy prepended later (a second From, Subject or
 # unsubscribe link above the signed one, which many readers show) breaks the signature.
 OVERSIGN_HEADERS = ("From", "To", "Cc", "Subject", "Reply-To", "List-Unsubscribe", "List-Unsubscribe-Post")
+# With tenants, the milter macro OpenDKIM takes the signing address from (SenderMacro): the envelope
+# sender, which Postfix binds to the tenant's domains, instead of the From: field the client writes.
+SENDER_MACRO = "{mail_addr}"
 # The mailfleet-signer that signed before OpenDKIM came back (migrate_signer.sh.j2 removes it).
 OLD_SIGNER_UNIT = "mailfleet-signer"
 
@@ -107,14 +110,16 @@ def expected_signatures(keys: Sequence[DkimKey], signer: Signer, domain: str) ->
                   if domain == key.domain or domain.endswith(f".{key.domain}"))
 
 
-def files(keys: Sequence[DkimKey], networks: Sequence[str]) -> dict[str, str]:
+def files(keys: Sequence[DkimKey], networks: Sequence[str], by_envelope: bool = False) -> dict[str, str]:
     """Every OpenDKIM file, by installed path: per signer its configuration, KeyTable,
     SigningTable and unit drop-in; one TrustedHosts (the clients whose mail is signed); the unit of
-    the Ed25519 signer when it runs."""
+    the Ed25519 signer when it runs. `by_envelope` (with tenants): the key is chosen by the envelope
+    sender's domain, not the From: field's."""
     out = {}
     for signer in signers(keys):
         out[signer.conf] = render.render("etc/opendkim.conf.j2", signer=signer, trusted_hosts=TRUSTED_HOSTS,
-                                         sign_headers=SIGN_HEADERS, oversign_headers=OVERSIGN_HEADERS)
+                                         sign_headers=SIGN_HEADERS, oversign_headers=OVERSIGN_HEADERS,
+                                         sender_macro=SENDER_MACRO if by_envelope else None)
         out[f"{signer.tables}/KeyTable"] = render.render(
             "etc/opendkim/KeyTable.j2", keys=[k for k in keys if k.algorithm == signer.algorithm], key_dir=KEY_DIR)
         out[f"{signer.tables}/SigningTable"] = render.render(
@@ -145,13 +150,13 @@ def keys_delete_step() -> str:
                                  trusted_hosts=TRUSTED_HOSTS, **_COMMON)
 
 
-def config_step(keys: Sequence[DkimKey], networks: Sequence[str]) -> str:
+def config_step(keys: Sequence[DkimKey], networks: Sequence[str], by_envelope: bool = False) -> str:
     """OpenDKIM's files, the units (re)started or reloaded, and every signer probed: for each signing
     domain the signatures it must add, each verified against the installed key's public half."""
     probes = [(signer, [(f"postmaster@{domain}", ";".join(expected_signatures(keys, signer, domain)))
                         for domain in dict.fromkeys(key.domain for key in keys)])
               for signer in signers(keys)]
-    return remote_scripts.script("dkim_config", files=files(keys, networks), signers=signers(keys), ed=ED25519,
+    return remote_scripts.script("dkim_config", files=files(keys, networks, by_envelope), signers=signers(keys), ed=ED25519,
                                  ed_unit_file=ED25519_UNIT_FILE, probes=probes,
                                  key_files=[key_file(key) for key in keys], **_COMMON)
 

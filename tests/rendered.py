@@ -9,7 +9,7 @@ VM_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGol
 
 
 def rendered_files(fleet: Fleet) -> dict[str, str]:
-    files = dict(signing.files(fleet.dkim, render.mynetworks(fleet)))
+    files = dict(signing.files(fleet.dkim, render.mynetworks(fleet), bool(fleet.tenants)))
     if shaping.enabled(fleet):  # the map's program is mailfleet/shaping_map.py as is: no golden copy of it
         files.update({path: content for path, content in render.shaping_map_files(fleet).items()
                       if path != render.SHAPING_MAP_PROGRAM})

@@ -130,3 +130,13 @@ def test_the_migration_from_mailfleet_signer_is_a_step_of_its_own():
     assert "getent passwd deploy" in script and "'.mailfleet-signer-*'" in script
     for step in (signing.config_step(fleet_of("prod").dkim, ["127.0.0.0/8"]), signing.keys_step({})):
         assert "mailfleet-signer" not in step
+
+
+def test_with_tenants_each_signer_chooses_the_key_by_the_envelope_sender_and_only_then():
+    fleet = fleet_with('[{"domain": "example.com", "selector": "r"},'
+                       ' {"domain": "example.com", "selector": "e", "algorithm": "ed25519"}]')
+    networks = render.mynetworks(fleet)
+    for by_envelope, expected in ((False, None), (True, "{mail_addr}")):
+        files = signing.files(fleet.dkim, networks, by_envelope)
+        for signer in signing.signers(fleet.dkim):
+            assert conf(files[signer.conf]).get("SenderMacro") == expected, (signer.unit, by_envelope)

@@ -13,19 +13,16 @@ import time
 
 import pytest
 
-from integration.test_receiver import RELAY_CLIENT, config_for, deploy, wait_for
-from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
+from integration.test_receiver import INSTANCES, RELAY_CLIENT, config_for, deploy, one_instance_host, wait_for
+from integration.testhost import OUTSIDE_CLIENT_IP, TestHost
 
 pytestmark = pytest.mark.integration
 
-INSTANCE = {"name": "postfix-43", "ip": "127.0.0.43", "hostname": "s43.mail.example.com"}
+INSTANCE = INSTANCES[0]
 figures: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module")
-def host(suite):
-    with booted(ips=[INSTANCE["ip"], RELAY_CLIENT], suite=suite) as test_host:
-        yield test_host
+host = pytest.fixture(scope="module", name="host")(one_instance_host)
 
 
 @pytest.fixture(scope="module")

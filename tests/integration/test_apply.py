@@ -114,10 +114,13 @@ class StatefulMocks(RealMocks):
 STATE: dict[str, dict] = {}  # per suite: the engine's state of that suite's stack
 
 
-def apply(host: TestHost, config: dict[str, str]):
-    mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
+def apply(host: TestHost, config: dict[str, str], state: dict[str, dict] = STATE,
+          secret_keys: tuple[str, ...] = ("mailfleet:sshPrivateKey",)):
+    """Runs the program against the host with a module's engine state (per suite); the run, its
+    mocks and the seconds it took."""
+    mocks = StatefulMocks(host.connect, state.setdefault(host.suite, {}))
     started = time.monotonic()
-    run = run_program(config, mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="integration")
+    run = run_program(config, mocks, secret_keys=list(secret_keys), stack="integration")
     return run, mocks, time.monotonic() - started
 
 
@@ -164,11 +167,12 @@ def service_pids(host: TestHost) -> dict[str, int]:
     return pids
 
 
-def file_states(host: TestHost) -> dict[str, str]:
-    """Path -> content hash, mode, owner and mtime of every file mailfleet manages."""
-    out = host.run(f"find {MANAGED_FILES} -type f -printf '%p %m %u %T@ ' -exec sha256sum {{}} \\; 2>/dev/null",
+def file_states(host: TestHost, paths: str = MANAGED_FILES) -> dict[str, str]:
+    """Path -> content hash, mode, owner, group and mtime of every file below `paths` (by default,
+    every file mailfleet manages)."""
+    out = host.run(f"find {paths} -type f -printf '%p %m %u %g %T@ ' -exec sha256sum {{}} \\; 2>/dev/null",
                    check=False)[1]
-    return {line.split()[0]: " ".join(line.split()[1:5]) for line in out.splitlines() if line.strip()}
+    return {line.split()[0]: " ".join(line.split()[1:6]) for line in out.splitlines() if line.strip()}
 
 
 def instance_listed(host: TestHost, name: str) -> bool:

@@ -14,8 +14,11 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import dkim
 import dkim.util
@@ -172,6 +175,36 @@ def header_values(data: str, name: str) -> list[str]:
             if line.lower().startswith(name.lower() + ":")]
 
 
+@contextmanager
+def dns_receiver(host: TestHost, zone: str) -> Iterator[Receiver]:
+    """A Receiver whose DNS server runs in the host's namespace and serves `zone` (a zone file) alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "zone"
+        path.write_text(zone)
+        server = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(DNS_SERVER),
+                                   "--zone", str(path), "--address", DNS_IP],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+        try:
+            line = server.stdout.readline()
+            assert line.strip() == "ready", line + server.stdout.read()
+            yield Receiver(host)
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(30)
+
+
+def one_instance_host(suite: str) -> Iterator[TestHost]:
+    """A test host for the first instance alone and the relay client (test_abuse.py and
+    test_signing_corpus.py make it their module's `host` fixture)."""
+    with booted(ips=[INSTANCES[0]["ip"], RELAY_CLIENT], suite=suite) as test_host:
+        yield test_host
+
+
 # ---- fixtures --------------------------------------------------------------------------------
 
 figures: dict[str, float] = {}
@@ -192,24 +225,9 @@ def deployed(host):
 
 
 @pytest.fixture(scope="module")
-def receiver(host, deployed, tmp_path_factory):
-    zone = tmp_path_factory.mktemp("dns") / "zone"
-    zone.write_text(deployed.outputs["zoneFile"])  # exactly what the stack asks to publish
-    server = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(DNS_SERVER),
-                               "--zone", str(zone), "--address", DNS_IP],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        line = server.stdout.readline()
-        assert line.strip() == "ready", line + server.stdout.read()
-        yield Receiver(host)
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+def receiver(host, deployed):
+    with dns_receiver(host, deployed.outputs["zoneFile"]) as judge_:  # exactly what the stack asks to publish
+        yield judge_
 
 
 def relay_message(domain: str, subject: str) -> bytes:

@@ -21,21 +21,18 @@ import json
 import os
 import re
 import smtplib
-import subprocess
-import sys
 import time
 
 import pytest
 
 from harness import run_program
 from integration.test_apply import StatefulMocks
-from integration.test_receiver import DNS_IP, DNS_SERVER, Receiver
-from integration.testhost import SUITES, TestHost, booted
+from integration.test_receiver import INSTANCES, RELAY_CLIENT, Receiver, dns_receiver, one_instance_host
+from integration.testhost import SUITES, TestHost
 
 pytestmark = pytest.mark.integration
 
-INSTANCE = {"name": "postfix-43", "ip": "127.0.0.43", "hostname": "s43.mail.example.com"}
-RELAY_CLIENT = "198.51.100.7"
+INSTANCE = INSTANCES[0]
 SENDER = "news@example.com"
 ALGORITHMS = {"rsa-sha256", "ed25519-sha256"}
 ORDINARY_BOUND_S, LARGE_BOUND_S, SIGNING_PATH_BOUND_S = 15, 120, 5
@@ -55,10 +52,7 @@ def config_for(host: TestHost) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
-@pytest.fixture(scope="module")
-def host(suite):
-    with booted(ips=[INSTANCE["ip"], RELAY_CLIENT], suite=suite) as test_host:
-        yield test_host
+host = pytest.fixture(scope="module", name="host")(one_instance_host)
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +62,9 @@ def deployed(host):
 
 
 @pytest.fixture(scope="module")
-def receiver(host, deployed, tmp_path_factory):
-    zone = tmp_path_factory.mktemp("dns") / "zone"
-    zone.write_text(deployed.outputs["zoneFile"])
-    server = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(DNS_SERVER),
-                               "--zone", str(zone), "--address", DNS_IP],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        line = server.stdout.readline()
-        assert line.strip() == "ready", line + server.stdout.read()
-        yield Receiver(host)
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+def receiver(host, deployed):
+    with dns_receiver(host, deployed.outputs["zoneFile"]) as judge:
+        yield judge
 
 
 def message(subject: str, headers: bytes = b"", body: bytes = b"corpus message\r\n",
