@@ -259,3 +259,17 @@ def test_textfile_metrics_leave_unknown_answers_out():
     assert 'mailfleet_blocklist_listed{instance="postfix-43",ip="203.0.113.43",zone="zen.example"} 1' in text
     assert 'mailfleet_blocklist_listed{instance="postfix-45",ip="203.0.113.45",zone="bl.example"} 0' in text
     assert 'instance="postfix-45",ip="203.0.113.45",zone="zen.example"' not in text
+
+
+def test_the_progress_line_rewrites_itself_on_a_terminal_and_is_silent_otherwise(capsys):
+    progress = tool.Progress(3, enabled=True)
+    progress.step("mx1")
+    progress.step("203.0.113.43 on zen.example")
+    progress.close()
+    err = capsys.readouterr().err
+    assert "\rstatus: 1/3 done, last: mx1" in err and "\rstatus: 2/3 done, last: 203.0.113.43 on zen.example" in err
+    assert "\n" not in err
+    quiet = tool.Progress(1, enabled=False)
+    quiet.step("mx1")
+    quiet.close()
+    assert capsys.readouterr().err == ""
