@@ -273,3 +273,17 @@ def test_the_progress_line_rewrites_itself_on_a_terminal_and_is_silent_otherwise
     quiet.step("mx1")
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_config_is_read_as_pulumi_config_json_prints_it_or_as_a_flat_map(tmp_path):
+    pulumi_shape = {"mailfleet:blocklists": {"value": '["dnsbl.example"]', "objectValue": ["dnsbl.example"],
+                                             "secret": False},
+                    "mailfleet:sshPrivateKey": {"value": "KEY TEXT", "secret": True},
+                    "mailfleet:mailName": {"value": "WebMAX", "secret": False}}
+    (tmp_path / "pulumi.json").write_text(json.dumps(pulumi_shape))
+    values, secrets = tool.read_config("prod", str(tmp_path / "pulumi.json"))
+    assert values == {"mailfleet:blocklists": '["dnsbl.example"]', "mailfleet:sshPrivateKey": "KEY TEXT",
+                      "mailfleet:mailName": "WebMAX"}
+    assert secrets == ["mailfleet:sshPrivateKey"]
+    (tmp_path / "flat.json").write_text(json.dumps({"mailfleet:blocklists": ["dnsbl.example"]}))
+    assert tool.read_config("prod", str(tmp_path / "flat.json")) == ({"mailfleet:blocklists": '["dnsbl.example"]'}, [])
