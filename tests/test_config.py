@@ -455,3 +455,13 @@ def test_snake_case_keys_are_not_config_keys():
     problems = problems_of(changed("hosts.1.ssh_user", "root"))
     assert problems == ["mailfleet:hosts[1].ssh_user: unknown key (expected one of: address, instances, name, "
                         "network, sshPort, sshUser, vm)"]
+
+
+def test_blocklists_default_to_common_zones_and_take_dns_names_only():
+    assert parse_config(raw(GOOD)).blocklists == ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+    assert parse_config(raw({**GOOD, "blocklists": ["DNSBL.Example.", "bl.example.net"]})).blocklists == (
+        "dnsbl.example", "bl.example.net")
+    assert parse_config(raw({**GOOD, "blocklists": []})).blocklists == ()
+    assert problems_of({**GOOD, "blocklists": ["zen spamhaus"]}) == [
+        "mailfleet:blocklists[0]: 'zen spamhaus' is not a fully qualified domain name"]
+    assert problems_of({**GOOD, "blocklists": "zen.spamhaus.org"})[0].startswith("mailfleet:blocklists")

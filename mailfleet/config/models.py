@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.alias_generators import to_camel
 
-from mailfleet.config.values import (DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, CertificatePem, DnsLabel,
+from mailfleet.config.values import (DEFAULT_BLOCKLISTS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, CertificatePem, DnsLabel,
                                      DnsName, GroupName, HostAddress, InstanceIp, InstanceName, InterfaceName, Limit,
                                      MailName, MailTo, PasswordHash, PostfixTime, PrivateKeyPem, PublicIPv4, Regex,
                                      RelayHost, RelayNetwork, Selector, SingleLine, SpfTerm, SshPrivateKeyPem,
@@ -316,6 +316,9 @@ class Fleet(_Model):
     spf_shared: TxtName | None = Field(None, description="also publish the fleet's SPF record at this name")
     allow_unsigned_senders: StrictBool = False
     tenants: tuple[Tenant, ...] = Field((), description="client applications that submit with SASL on 587/465")
+    blocklists: tuple[DnsName, ...] = Field(
+        DEFAULT_BLOCKLISTS, description="DNS blocklist zones tools/status.py checks each instance's public address "
+                                        "against ([] checks none)")
 
     @property
     def instances(self) -> list[tuple[Host, Instance]]:

@@ -106,6 +106,14 @@ DnsName = rule(_dns_name(_FQDN), {"pattern": _pattern(rf"(?:{_LABEL}\.)+{_TOP_LA
 """A fully qualified domain name, lowercased, without the final dot."""
 
 
+# The DNS blocklists status checks by default: the ones receivers of bulk mail query most.
+# zen.spamhaus.org (SBL, XBL, PBL; big receivers refuse mail from a listed IP) answers only a
+# resolver of your own (not a public one) at low, non-commercial volume, else its registered
+# service; bl.spamcop.net (user reports, expires in a day) answers anyone; b.barracudacentral.org
+# (Barracuda appliances' list) answers only resolvers registered with Barracuda, free.
+DEFAULT_BLOCKLISTS = ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+
+
 _TXT_NAME = re.compile(rf"(?:_?{_LABEL}\.)+{_TOP_LABEL}")
 
 
