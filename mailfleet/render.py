@@ -194,7 +194,7 @@ def warming(fleet: Fleet, host: Host) -> list[Instance]:
 
 
 def warmup_plan(instance: Instance) -> str:
-    return json.dumps({"instance": instance.name, "start": instance.warmup.start.isoformat(),
+    return json.dumps({"instance": instance.name, "start": instance.warmup.start,
                        "plan": instance.warmup.plan}, indent=1, sort_keys=True) + "\n"
 
 

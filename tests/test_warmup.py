@@ -27,12 +27,17 @@ def sockets(tmp_path, monkeypatch):
 
 
 def _wait_for(path):
-    import os
+    """Until the server accepts connections (its socket file appears before it listens)."""
+    import socket
     import time
-    for _ in range(100):
-        if os.path.exists(path):
+    for _ in range(250):
+        try:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(path)
             return
-        time.sleep(0.02)
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"nothing answers on {path}")
 
 
 def write_plan(folder, instance="postfix-a", start="2026-03-01", plan=None):
