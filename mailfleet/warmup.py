@@ -17,7 +17,7 @@ budgets a held message needs.
 
 `mailfleet-warmup release`, run by a timer every five minutes as root, lists each warming
 instance's hold queue (postqueue -j), oldest first, asks the service which of the held messages
-today's budgets let go (the service counts them as sent) and releases those (postsuper -H). So
+today's budgets let go (the service counts them as sent) and releases those (postsuper -H, then postqueue -i for each, so they leave now). So
 day N+1's budget frees held mail without any deploy, and after a plan's last day (or when a plan
 is removed) everything held goes.
 
@@ -357,6 +357,10 @@ def release(path: str, prefix: str) -> int:
         for start in range(0, len(released), 500):
             subprocess.run(["postsuper", "-c", directory, "-H", "-"], input="\n".join(released[start:start + 500]) + "\n",
                            text=True, capture_output=True, check=True)
+        # Released mail lands in the deferred queue, which the queue manager would scan only at its
+        # next queue run (minutes): each released message is scheduled now, nothing else is.
+        for queue_id in released:
+            subprocess.run(["postqueue", "-c", directory, "-i", queue_id], capture_output=True, check=False)
         if released:
             print(f"{name}: released {len(released)} of {len(held)} held messages", flush=True)
         total += len(released)
