@@ -252,7 +252,9 @@ def test_a_changed_limit_reloads_only_the_instance_it_concerns_and_a_changed_pla
     assert after["mailfleet-warmup"] == before["mailfleet-warmup"]  # the plan was re-read, not restarted
     assert after["mailfleet-shaping-map"] == before["mailfleet-shaping-map"]
     reloaded = re.findall(r"^reloaded .*", output, re.M)
-    assert any("postfix-45" in line for line in reloaded) and not any("postfix-43" in line for line in reloaded), output
+    # The unit is postfix@postfix-45 (Debian 12) or postfix@45 (Debian 13).
+    assert any(re.search(r"postfix[@-](postfix-)?45\b", line) for line in reloaded), output
+    assert not any(re.search(r"postfix[@-](postfix-)?43\b", line) for line in reloaded), output
     assert "changed /etc/mailfleet/warmup/postfix-43.json" in output
     assert host.run("postconf -c /etc/postfix-45 -M smtp-google/unix")[1].split()[6] == "3"
     # Applied again, so the next module run starts from the configuration this one began with.
