@@ -1,7 +1,7 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
-credentials (Dovecot) and the shaping map -> one PostfixInstance per IP -> the one-time retirement
+credentials (Dovecot), the shaping map and warm-up -> one PostfixInstance per IP -> the one-time retirement
 of mailfleet-signer (a no-op where it never ran), and last ManagedFiles, which watches what all of
 them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
 a child), and its network step (cloud-init's result, the instance IPs on its
@@ -89,11 +89,14 @@ class MailHost(pulumi.ComponentResource):
         # Before the instances, whose transport_maps ask it; removed after them.
         shaping_map = remote_step(f"{name}-shaping-map", connection, ssh_user, remote_scripts.shaping_map(fleet),
                                   delete_script=remote_scripts.shaping_map_delete(), parent=self, depends_on=[packages])
+        # Before the instances, whose smtpd asks it; removed after them (releasing what it held).
+        warmup = remote_step(f"{name}-warmup", connection, ssh_user, remote_scripts.warmup(fleet, host),
+                             delete_script=remote_scripts.warmup_delete(), parent=self, depends_on=[shaping_map])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
                 tls_bundle=args.tls_bundles[instance.name], connection=connection, ssh_user=ssh_user,
-                after=[default_instance, signer.ready, tenants, shaping_map]), opts=pulumi.ResourceOptions(parent=self))
+                after=[default_instance, signer.ready, tenants, shaping_map, warmup]), opts=pulumi.ResourceOptions(parent=self))
             for instance in host.instances
         }
         # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.

@@ -143,6 +143,26 @@ def _shaping_map() -> dict:
                 paths=[render.SHAPING_MAP_UNIT_FILE, render.SHAPING_MAP_PROGRAM, render.SHAPING_MAP_GROUPS])
 
 
+def warmup(fleet: Fleet, host: Host) -> str:
+    """The warm-up policy service and the plans of the host's warming instances, or their absence."""
+    files, plans = render.warmup_files(fleet, host)
+    probe = render.warming(fleet, host)
+    return script("warmup", files=files, plans=plans, probe_instance=probe[0].name if probe else "", **_warmup())
+
+
+def warmup_delete() -> str:
+    return script("warmup", files={}, plans={}, probe_instance="", **_warmup())
+
+
+def _warmup() -> dict:
+    return dict(unit=render.WARMUP_UNIT, unit_file=render.WARMUP_UNIT_FILE, program=render.WARMUP_PROGRAM,
+                release_unit=render.WARMUP_RELEASE_UNIT, release_unit_file=render.WARMUP_RELEASE_UNIT_FILE,
+                timer=render.WARMUP_TIMER, timer_file=render.WARMUP_TIMER_FILE, socket=render.WARMUP_SOCKET,
+                plans_dir=render.WARMUP_PLANS,
+                paths=[render.WARMUP_UNIT_FILE, render.WARMUP_RELEASE_UNIT_FILE, render.WARMUP_TIMER_FILE,
+                       render.WARMUP_PROGRAM])
+
+
 def instance_tls(instance: Instance, bundle_pem: str) -> str:
     return script("instance_tls", instance=instance, directory=render.instance_dir(instance),
                    tls_dir=render.TLS_DIR, tls_file=render.tls_file(instance),

@@ -81,6 +81,7 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         message_size_limit=MESSAGE_SIZE_LIMIT,
         shaping=_shaping(fleet, instance),
         shaping_map=SHAPING_MAP_SOCKET,
+        warmup_socket=WARMUP_SOCKET if instance.warmup and shaping.enabled(fleet) else None,
     )
 
 
@@ -171,3 +172,43 @@ def cloud_init_network(host: Host) -> str:
 def cloud_init_userdata(host: Host, authorized_keys: list[str]) -> str:
     return render("guestinfo/userdata.yaml.j2", host=host, user=VM_USER,
                    authorized_keys=[key.strip() for key in authorized_keys])
+
+
+# Warm-up (mailfleet/warmup.py, installed as is): one policy service for every warming instance on
+# the host, asked by their smtpd; a timer releases held mail within each day's budgets.
+WARMUP_UNIT = "mailfleet-warmup"
+WARMUP_UNIT_FILE = f"/etc/systemd/system/{WARMUP_UNIT}.service"
+WARMUP_RELEASE_UNIT = f"{WARMUP_UNIT}-release.service"
+WARMUP_RELEASE_UNIT_FILE = f"/etc/systemd/system/{WARMUP_RELEASE_UNIT}"
+WARMUP_TIMER = f"{WARMUP_UNIT}-release.timer"
+WARMUP_TIMER_FILE = f"/etc/systemd/system/{WARMUP_TIMER}"
+WARMUP_PROGRAM = "/usr/local/sbin/mailfleet-warmup"
+WARMUP_PLANS = "/etc/mailfleet/warmup"
+WARMUP_STATE = "/var/lib/mailfleet/warmup"
+WARMUP_SOCKET = "/run/mailfleet-warmup/policy.sock"
+
+
+def warming(fleet: Fleet, host: Host) -> list[Instance]:
+    """The host's instances with a warm-up plan (shaping's groups route their mail: not with a relayhost)."""
+    return [instance for instance in host.instances if instance.warmup and shaping.enabled(fleet)]
+
+
+def warmup_plan(instance: Instance) -> str:
+    return json.dumps({"instance": instance.name, "start": instance.warmup.start,
+                       "plan": instance.warmup.plan}, indent=1, sort_keys=True) + "\n"
+
+
+def warmup_files(fleet: Fleet, host: Host) -> tuple[dict[str, str], dict[str, str]]:
+    """The service's program and units, and the plans (by path), when an instance of the host warms up."""
+    instances = warming(fleet, host)
+    if not instances:
+        return {}, {}
+    values = dict(unit=WARMUP_UNIT, program=WARMUP_PROGRAM, socket=WARMUP_SOCKET, plans_dir=WARMUP_PLANS,
+                  state_dir=WARMUP_STATE, map_socket=SHAPING_MAP_SOCKET, map_unit=SHAPING_MAP_UNIT)
+    files = {
+        WARMUP_PROGRAM: (Path(__file__).resolve().parent / "warmup.py").read_text(),
+        WARMUP_UNIT_FILE: render(f"etc/systemd/system/{WARMUP_UNIT}.service.j2", **values),
+        WARMUP_RELEASE_UNIT_FILE: render(f"etc/systemd/system/{WARMUP_RELEASE_UNIT}.j2", **values),
+        WARMUP_TIMER_FILE: render(f"etc/systemd/system/{WARMUP_TIMER}.j2", **values),
+    }
+    return files, {f"{WARMUP_PLANS}/{instance.name}.json": warmup_plan(instance) for instance in instances}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailfleet import remote_scripts, render, signing
-from mailfleet.config import Fleet
+from mailfleet.config import Fleet, Warmup
 
 # A placeholder in PEM framing, not a key: these tests read scripts, they never run them.
 FAKE_PEM = "-----BEGIN {0}-----\nAAAA\n-----END {0}-----\n".format("PRIVATE KEY")
@@ -17,13 +17,19 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root"),
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
              "shaping-map": remote_scripts.shaping_map(fleet),
-             "shaping-map-delete": remote_scripts.shaping_map_delete()}
+             "shaping-map-delete": remote_scripts.shaping_map_delete(),
+             "warmup-delete": remote_scripts.warmup_delete()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         if not host.existing:
             steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
+        steps[f"{host.name}-warmup"] = remote_scripts.warmup(fleet, host)
+        # ... and as it is when the first instance warms up.
+        warming = host.instances[0].model_copy(update={"warmup": Warmup(start="2026-12-07")})
+        steps[f"{host.name}-warmup-on"] = remote_scripts.warmup(
+            fleet, host.model_copy(update={"instances": (warming, *host.instances[1:])}))
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

@@ -149,6 +149,17 @@ BAD_INPUTS = [
     ("hosts.1.instances.0.shaping", {"hotmail": {"connections": 1}}, "mailfleet:hosts[1].instances[0].shaping.hotmail: unknown group 'hotmail'"),
     ("hosts.1.instances.0.shaping", {"google": {"connections": 0}}, "mailfleet:hosts[1].instances[0].shaping.google.connections: 0 is not a limit"),
     ("hosts.1.instances.0.shaping", {"google": {"domains": ["example.org"]}}, "mailfleet:hosts[1].instances[0].shaping.google.domains: unknown key"),
+    # Warm-up plans: a date, known groups, positive budgets that grow day by day.
+    ("hosts.1.instances.0.warmup", {"start": "2026-13-01"}, "mailfleet:hosts[1].instances[0].warmup.start: '2026-13-01' is not a date"),
+    ("hosts.1.instances.0.warmup", {"start": "next monday"}, "mailfleet:hosts[1].instances[0].warmup.start: 'next monday' is not a date (YYYY-MM-DD)"),
+    ("hosts.1.instances.0.warmup", {"plan": {"google": [50]}}, "mailfleet:hosts[1].instances[0].warmup.start: is required"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"hotmail": [50, 100]}}, "mailfleet:hosts[1].instances[0].warmup.plan.hotmail: unknown group 'hotmail'"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": [50, 100, 100]}}, "mailfleet:hosts[1].instances[0].warmup.plan.google[2]: day 3 (100) is not more than day 2 (100)"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": [50, 0]}}, "mailfleet:hosts[1].instances[0].warmup.plan.google[1]: 0 is not a budget"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": [-5, 10]}}, "mailfleet:hosts[1].instances[0].warmup.plan.google[0]: -5 is not a budget"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": []}}, "mailfleet:hosts[1].instances[0].warmup.plan.google: must list at least one day's budget"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {}}, "mailfleet:hosts[1].instances[0].warmup.plan: must list at least one group"),
+    ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": [50, "100"]}}, "mailfleet:hosts[1].instances[0].warmup.plan.google[1]: must be an integer"),
     # Relay networks that open the relay.
     ("relayNetworks", ["0.0.0.0/0"], "mailfleet:relayNetworks[0]: '0.0.0.0/0' opens the relay to the whole internet"),
     ("relayNetworks", ["10.0.0.0/16", "10.0.0.0/7"], "mailfleet:relayNetworks[1]: '10.0.0.0/7' is wider than /8"),
@@ -465,3 +476,12 @@ def test_blocklists_default_to_common_zones_and_take_dns_names_only():
     assert problems_of({**GOOD, "blocklists": ["zen spamhaus"]}) == [
         "mailfleet:blocklists[0]: 'zen spamhaus' is not a fully qualified domain name"]
     assert problems_of({**GOOD, "blocklists": "zen.spamhaus.org"})[0].startswith("mailfleet:blocklists")
+
+
+def test_a_warmup_plan_defaults_to_the_doubling_plan_and_keeps_a_given_one_whole():
+    from mailfleet.config import Warmup
+    default = Warmup(start="2026-12-07")
+    assert default.plan["google"] == (50, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600)
+    assert set(default.plan) == {"google", "microsoft", "yahoo", "apple"}
+    fleet = parse_config(raw(changed("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"default": [500, 1000]}})))
+    assert fleet.hosts[1].instances[0].warmup.plan == {"default": (500, 1000)}

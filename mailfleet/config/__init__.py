@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from mailfleet.config.models import (BUILTIN_GROUPS, DEFAULT_GROUP, Backoff, DkimKey, Dmarc, Fleet, Host, HostNetwork,
                                      Instance, Queue, Shaping, ShapingGroup, ShapingLimits, Suspend, Tenant, Tls,
-                                     VmSize, Vsphere)
+                                     VmSize, Vsphere, Warmup)
 from mailfleet.config.rules import fleet_warnings, plain_passwords, relations
 from mailfleet.config.schema import stack_file_schema
 from mailfleet.config.values import (CGNAT, DEFAULT_INSTANCE_ADDRESS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS,
@@ -35,7 +35,7 @@ from mailfleet.config.values import (CGNAT, DEFAULT_INSTANCE_ADDRESS, DEFAULT_IN
 __all__ = ["BUILTIN_GROUPS", "CGNAT", "DEFAULT_GROUP", "DEFAULT_INSTANCE_ADDRESS", "DEFAULT_INTERFACE", "DKIM_MAX_BITS",
            "DKIM_MIN_BITS", "NAMESPACE", "PASSWORD_SCHEMES", "TENANT_PASSWORD_MIN_LENGTH", "WIDEST_RELAY_PREFIX",
            "Backoff", "ConfigError", "DkimKey", "Dmarc", "Fleet", "Host", "HostNetwork", "Instance", "Queue", "Shaping",
-           "ShapingGroup", "ShapingLimits", "Suspend", "Tenant", "Tls", "VmSize", "Vsphere", "certificate_covers",
+           "ShapingGroup", "ShapingLimits", "Suspend", "Tenant", "Tls", "VmSize", "Vsphere", "Warmup", "certificate_covers",
            "fleet_warnings", "is_private", "parse_config", "stack_file_schema"]
 
 

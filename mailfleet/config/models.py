@@ -10,15 +10,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.alias_generators import to_camel
 
-from mailfleet.config.values import (DEFAULT_BLOCKLISTS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, CertificatePem, DnsLabel,
-                                     DnsName, GroupName, HostAddress, InstanceIp, InstanceName, InterfaceName, Limit,
+from mailfleet.config.values import (DEFAULT_BLOCKLISTS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, Budget,
+                                     CertificatePem, DnsLabel, DnsName, GroupName, HostAddress, InstanceIp,
+                                     InstanceName, InterfaceName, IsoDate, Limit,
                                      MailName, MailTo, PasswordHash, PostfixTime, PrivateKeyPem, PublicIPv4, Regex,
                                      RelayHost, RelayNetwork, Selector, SingleLine, SpfTerm, SshPrivateKeyPem,
                                      SshPublicKey, TenantName, TenantPassword, TxtName, UnicastIPv4, UnixUser,
-                                     int_range, json_schema, key_matches_certificate, non_empty, problem)
+                                     growing, int_range, json_schema, key_matches_certificate, non_empty, problem)
 
 class _Model(BaseModel):
     """Frozen (hashable: a DkimKey keys dicts), camelCase keys, unknown keys refused. Code may
@@ -134,6 +135,23 @@ class Shaping(_Model):
         return ShapingLimits(**values)
 
 
+# The common doubling plan (50, 100, ... 25,600 a day over ten days) for the big mailbox providers.
+DOUBLING_PLAN = tuple(50 * 2 ** day for day in range(10))
+DEFAULT_WARMUP_PLAN: dict[str, tuple[int, ...]] = {"google": DOUBLING_PLAN, "microsoft": DOUBLING_PLAN,
+                                                   "yahoo": DOUBLING_PLAN, "apple": DOUBLING_PLAN}
+WarmupDays = Annotated[tuple[Budget, ...], non_empty("day's budget"), AfterValidator(growing), json_schema(minItems=1)]
+
+
+class Warmup(_Model):
+    """A new IP's daily budget per receiver group (the host enforces it: mailfleet/warmup.py)."""
+
+    start: IsoDate = Field(description="day 1 of the plan, a UTC date (YYYY-MM-DD)")
+    plan: Annotated[dict[GroupName, WarmupDays], non_empty("group"), json_schema(minProperties=1)] = Field(
+        default_factory=lambda: dict(DEFAULT_WARMUP_PLAN),
+        description="per receiver group, the recipients a day from this IP: day 1, day 2, ... (growing); "
+                    "default: google, microsoft, yahoo and apple 50, 100, 200, ... 25,600")
+
+
 class Instance(_Model):
     name: InstanceName = Field(description="the postmulti instance name, postfix-...")
     ip: InstanceIp = Field(description="the IPv4 address the instance listens on and sends from")
@@ -141,6 +159,7 @@ class Instance(_Model):
     public_ip: PublicIPv4 | None = Field(None, description="the address receivers see, when ip is behind one-to-one NAT")
     shaping: dict[GroupName, ShapingLimits] | None = Field(
         None, description="per receiver group (mailfleet:shaping): limits for this IP over the fleet's")
+    warmup: Warmup | None = Field(None, description="a warm-up plan: a daily budget per receiver group from a start date")
 
     @property
     def public_address(self) -> str:

@@ -81,6 +81,12 @@ def relations(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
                 if group not in groups:
                     yield f"{path}.shaping.{group}", (f"unknown group {group!r} (groups: {', '.join(sorted(groups))}; "
                                                       "add it to mailfleet:shaping.groups)")
+            warmup = instance.get("warmup")
+            plan = warmup.get("plan") if isinstance(warmup, dict) else None
+            for group in (plan if isinstance(plan, dict) else {}):
+                if group not in groups:
+                    yield f"{path}.warmup.plan.{group}", (f"unknown group {group!r} (groups: {', '.join(sorted(groups))}; "
+                                                          "add it to mailfleet:shaping.groups)")
 
     vsphere_hosts = [str(host.get("name")) for _, host in hosts if host.get("address") is None]
     if vsphere_hosts and "vsphere" not in values:
@@ -249,10 +255,11 @@ def fleet_warnings(fleet: Fleet) -> list[str]:
                     f"{NAMESPACE}:hosts[{h}].instances[{i}]: instance {instance.name} sends from {kind} address "
                     f"{instance.ip} and has no publicIp: receivers see the NAT's public address, so the A, PTR "
                     "and SPF records published for it will not match; set publicIp to that address")
-    shaped = "shaping" in fleet.model_fields_set or any(i.shaping for _, i in fleet.instances)
+    shaped = "shaping" in fleet.model_fields_set or any(i.shaping or i.warmup for _, i in fleet.instances)
     if shaped and fleet.relayhost is not None:
         warnings.append(f"{NAMESPACE}:shaping: applies to mail the instances deliver to the receivers themselves; "
-                        f"with {NAMESPACE}:relayhost every message goes to the relay, so it is not used")
+                        f"with {NAMESPACE}:relayhost every message goes to the relay, so it is not used "
+                        "(nor any instance's warmup plan)")
     if fleet.tls.mode == "provided":
         from cryptography import x509
 

@@ -6,6 +6,7 @@ with the key path; `at` extends that path when a rule of one object names one of
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -421,6 +422,31 @@ def _regex(value: str) -> str:
 
 Regex = rule(_regex, {"pattern": NO_CONTROL})
 Limit = int_range(1, 1_000_000, "{value} is not a limit: it must be a positive integer")
+Budget = int_range(1, 100_000_000, "{value} is not a budget: it must be a positive number of messages a day")
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date(value: str) -> str:
+    if not _DATE.fullmatch(value):
+        raise problem(f"{value!r} is not a date (YYYY-MM-DD)")
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError as error:
+        raise problem(f"{value!r} is not a date ({error})") from None
+    return value
+
+
+IsoDate = rule(_date, {"pattern": _pattern(_DATE.pattern), "format": "date"})
+
+
+def growing(days: tuple[int, ...]) -> tuple[int, ...]:
+    """A warm-up plan's days: each allows more than the day before."""
+    for n in range(1, len(days)):
+        if days[n] <= days[n - 1]:
+            raise problem(f"day {n + 1} ({days[n]}) is not more than day {n} ({days[n - 1]}): "
+                          "a warm-up plan grows day by day", at=f"[{n}]")
+    return days
 
 
 # Provided certificates
