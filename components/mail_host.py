@@ -2,7 +2,7 @@
 
 preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
 credentials (Dovecot) and the shaping map -> one PostfixInstance per IP -> the one-time retirement
-of mailfleet-signer (a no-op where it never ran), and last ManagedFiles, which watches what all of
+of mailfleet-signer (a no-op where it never ran) and the metrics endpoints, and last ManagedFiles, which watches what all of
 them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
 a child), and its network step (cloud-init's result, the instance IPs on its
 interface) runs before preflight.
@@ -20,7 +20,7 @@ from components.managed_files import ManagedFiles, ManagedFilesArgs
 from components.postfix_instance import PostfixInstance, PostfixInstanceArgs
 from components.remote_step import remote_step, steps_on
 from components.vsphere_vm import VsphereVm, VsphereVmArgs
-from mailfleet import remote_scripts, signing
+from mailfleet import metrics, remote_scripts, signing
 from mailfleet.config import Fleet, Host
 from mailfleet.render import VM_USER, mynetworks
 
@@ -98,6 +98,11 @@ class MailHost(pulumi.ComponentResource):
         # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.
         step("retire-mailfleet-signer", signing.migrate_signer_step(ssh_user),
              [instance.config for instance in self.instances.values()])
+        # Once the instances run: each exporter reads its instance's queue. Removed before them.
+        remote_step(f"{name}-metrics", connection, ssh_user,
+                    metrics.step(host, getattr(fleet, "metrics_networks", ())),
+                    delete_script=metrics.delete_step(), parent=self,
+                    depends_on=[instance.config for instance in self.instances.values()])
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(
             host_name=host.name, connection=connection, steps=steps_on(connection)),
             opts=pulumi.ResourceOptions(parent=self))

@@ -20,8 +20,10 @@ from mailfleet.config import Fleet, Host, Instance
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 # Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
-# Dovecot's core (the tenants' SASL backend) and python3 (mailfleet-shaping-map).
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3")
+# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map) and the metrics'
+# exporter, mtail and nftables (mailfleet/metrics.py).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3",
+            "prometheus-postfix-exporter", "mtail", "nftables")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 # A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
