@@ -115,7 +115,7 @@ def step(host: Host, networks: Sequence[str]) -> str:
     """The firewall, the exporters of this host's instances (and no others) and mtail, running
     with these files and probed: each endpoint answers with its metrics."""
     return remote_scripts.script(
-        "metrics", files=files(host, networks), instances=[(i.name, _listen(i.ip)) for i in host.instances],
+        "metrics", files=files(host, networks), instances=[(i.name, i.ip, _listen(i.ip)) for i in host.instances],
         **_common())
 
 
