@@ -100,7 +100,7 @@ class MailHost(pulumi.ComponentResource):
              [instance.config for instance in self.instances.values()])
         # Once the instances run: each exporter reads its instance's queue. Removed before them.
         remote_step(f"{name}-metrics", connection, ssh_user,
-                    metrics.step(host, getattr(fleet, "metrics_networks", ())),
+                    metrics.step(host, fleet.metrics_networks),
                     delete_script=metrics.delete_step(), parent=self,
                     depends_on=[instance.config for instance in self.instances.values()])
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(

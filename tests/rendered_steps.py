@@ -25,7 +25,7 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
             steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
-        steps[f"{host.name}-metrics"] = metrics.step(host, getattr(fleet, "metrics_networks", ()))
+        steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

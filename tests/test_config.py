@@ -150,6 +150,10 @@ BAD_INPUTS = [
     ("hosts.1.instances.0.shaping", {"google": {"connections": 0}}, "mailfleet:hosts[1].instances[0].shaping.google.connections: 0 is not a limit"),
     ("hosts.1.instances.0.shaping", {"google": {"domains": ["example.org"]}}, "mailfleet:hosts[1].instances[0].shaping.google.domains: unknown key"),
     # Relay networks that open the relay.
+    ("metricsNetworks", ["203.0.113.7/24"], "mailfleet:metricsNetworks[0]: '203.0.113.7/24' is not a CIDR (203.0.113.7/24 has host bits set); did you mean 203.0.113.0/24?"),
+    ("metricsNetworks", ["192.0.2.0/24", "prometheus.example"], "mailfleet:metricsNetworks[1]: 'prometheus.example' is not a CIDR"),
+    ("metricsNetworks", ["::/0"], "mailfleet:metricsNetworks[0]: '::/0' would let anyone read the fleet's metrics"),
+    ("metricsNetworks", "192.0.2.0/24", "mailfleet:metricsNetworks: must be structured YAML"),
     ("relayNetworks", ["0.0.0.0/0"], "mailfleet:relayNetworks[0]: '0.0.0.0/0' opens the relay to the whole internet"),
     ("relayNetworks", ["10.0.0.0/16", "10.0.0.0/7"], "mailfleet:relayNetworks[1]: '10.0.0.0/7' is wider than /8"),
     ("relayNetworks", ["128.0.0.0/1"], "mailfleet:relayNetworks[0]: '128.0.0.0/1' is wider than /8"),

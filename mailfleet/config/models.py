@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from mailfleet.config.values import (DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, CertificatePem, DnsLabel,
                                      DnsName, GroupName, HostAddress, InstanceIp, InstanceName, InterfaceName, Limit,
-                                     MailName, MailTo, PasswordHash, PostfixTime, PrivateKeyPem, PublicIPv4, Regex,
+                                     MailName, MailTo, MetricsNetwork, PasswordHash, PostfixTime, PrivateKeyPem, PublicIPv4, Regex,
                                      RelayHost, RelayNetwork, Selector, SingleLine, SpfTerm, SshPrivateKeyPem,
                                      SshPublicKey, TenantName, TenantPassword, TxtName, UnicastIPv4, UnixUser,
                                      int_range, json_schema, key_matches_certificate, non_empty, problem)
@@ -305,6 +305,8 @@ class Fleet(_Model):
     ssh_private_key: SshPrivateKeyPem | None = Field(None, repr=False)
     ssh_authorized_keys: tuple[SshPublicKey, ...] = ()
     relay_networks: tuple[RelayNetwork, ...] = ()
+    metrics_networks: tuple[MetricsNetwork, ...] = Field(
+        (), description="clients allowed to scrape the hosts' Prometheus metrics, besides the host itself")
     relayhost: RelayHost | None = None
     mail_name: MailName = "Postfix"
     queue: Queue = Queue()

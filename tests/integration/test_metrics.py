@@ -96,10 +96,8 @@ def config_for(host: TestHost) -> dict[str, str]:
         "mailfleet:sshPrivateKey": host.ssh_private_key,
         "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
         "mailfleet:relayNetworks": ["198.51.100.0/24"],
+        "mailfleet:metricsNetworks": [METRICS_NETWORK],
     }
-    from mailfleet.config import Fleet
-    if "metrics_networks" in Fleet.model_fields:
-        config["mailfleet:metricsNetworks"] = [METRICS_NETWORK]
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
@@ -404,3 +402,11 @@ def test_reapply_changes_nothing(host, deployed, traffic):
 
 def test_print_figures(traffic):
     print("\nmetrics: " + json.dumps(figures, indent=1))
+
+
+def test_zz_debug(host, traffic):
+    for cmd in ["systemctl status mailfleet-mtail --no-pager -l | head -30", "journalctl -u mailfleet-mtail --no-pager -n 30",
+                "ls -la /var/log/mailfleet /run/log/journal /var/log/journal 2>&1 | head", "ps -ef | grep -E 'mtail|journalctl' | grep -v grep",
+                "curl -s 127.0.0.1:3903/metrics 2>/dev/null | grep -v '^#' | head; exec 3<>/dev/tcp/127.0.0.1/3903; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; timeout 3 cat <&3 | grep -v '^#' | grep -v '^go_' | head -40",
+                "journalctl --no-pager -n 5 SYSLOG_FACILITY=2 -o short-iso"]:
+        print("\n$", cmd, "\n", host.run(cmd, check=False)[1:])
