@@ -1,7 +1,7 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
-credentials (Dovecot) and the shaping map -> one PostfixInstance per IP -> the one-time retirement
+credentials (Dovecot), the shaping map and the delivery log -> one PostfixInstance per IP -> the one-time retirement
 of mailfleet-signer (a no-op where it never ran), and last ManagedFiles, which watches what all of
 them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
 a child), and its network step (cloud-init's result, the instance IPs on its
@@ -88,6 +88,9 @@ class MailHost(pulumi.ComponentResource):
         # Before the instances, whose transport_maps ask it; removed after them.
         shaping_map = remote_step(f"{name}-shaping-map", connection, ssh_user, remote_scripts.shaping_map(fleet),
                                   delete_script=remote_scripts.shaping_map_delete(), parent=self, depends_on=[packages])
+        # The delivery log reads the journal only: it needs no instance, and no instance waits for it.
+        remote_step(f"{name}-deliveries", connection, ssh_user, remote_scripts.deliveries(host),
+                    delete_script=remote_scripts.deliveries_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),

@@ -17,13 +17,15 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "migrate-signer": signing.migrate_signer_step(fleet.hosts[0].ssh_user or "root"),
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
              "shaping-map": remote_scripts.shaping_map(fleet),
-             "shaping-map-delete": remote_scripts.shaping_map_delete()}
+             "shaping-map-delete": remote_scripts.shaping_map_delete(),
+             "deliveries-delete": remote_scripts.deliveries_delete()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         if not host.existing:
             steps[f"{host.name}-network"] = remote_scripts.network(host)
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
+        steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)
