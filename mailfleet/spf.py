@@ -1,6 +1,6 @@
 """SPF terms (RFC 7208 5 and 6): what a user may add to the fleet's record, and what each costs.
 
-Pure functions: config.py checks `spfExtra` with them, dns_records.py composes the records.
+Pure functions: mailfleet.config checks `spfExtra` with them, dns_records.py composes the records.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Pulumi.yaml declares defaults for the simple keys (the CLI hands them to the program when a stack
-sets nothing); the pydantic models in mailfleet/config.py hold defaults of their own. They must be
+sets nothing); the pydantic models in mailfleet/config/models.py hold defaults of their own. They must be
 the same, or a stack run by the CLI would differ from one the tests and the schema describe."""
 
 import json

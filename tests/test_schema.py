@@ -18,7 +18,7 @@ REGENERATE = "venv/bin/python -m mailfleet.config > schema/mailfleet-stack.schem
 def test_the_committed_schema_is_the_one_the_models_generate():
     generated = json.dumps(stack_file_schema(), indent=2) + "\n"
     assert SCHEMA_FILE.read_text() == generated, (
-        f"{SCHEMA_FILE.relative_to(REPO)} is out of date with mailfleet/config.py: regenerate it with\n"
+        f"{SCHEMA_FILE.relative_to(REPO)} is out of date with mailfleet/config/: regenerate it with\n"
         f"    {REGENERATE}\nand commit it")
 
 

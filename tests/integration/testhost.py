@@ -363,9 +363,16 @@ class TestHost:
         """Clean reboot: shut the container's systemd down, boot the same rootfs again."""
         code = self._halt_container()
         if code != 0:
-            raise RuntimeError(f"container did not shut down cleanly (exit {code}):\n"
-                               + self.console_log()[-3000:])
+            raise RuntimeError(f"container did not shut down cleanly (exit {code}); the last boot's journal:\n"
+                               + self._last_boot_journal())
         self._boot()
+
+    def _last_boot_journal(self) -> str:
+        """The end of the container's persistent journal (what the console's progress spinner hides)."""
+        result = subprocess.run(["journalctl", "--directory", str(Path(self.rootfs) / "var/log/journal"),
+                                 "--no-pager", "-o", "short-monotonic", "-n", "120"],
+                                capture_output=True, text=True, timeout=60)
+        return (result.stdout or result.stderr)[-12000:]
 
     def stop(self):
         """Stop every process this host started (by PID), delete its namespace and files."""
