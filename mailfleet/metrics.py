@@ -7,9 +7,9 @@
   no aggregating proxy of mailfleet's own. Its log parser does not know postmulti's
   `postfix-NAME/...` program names, so its log counters would stay at zero: it reads /dev/null.
 - The logs: Debian's mtail (mailfleet-mtail), one per host on LOG_PORT, counting the delivery log's
-  records (deliveries by instance, IP, group, outcome and status class) and, from the journal's
-  mail facility, outgoing TLS and connection outcomes and OpenDKIM's signatures and errors
-  (templates/etc/mailfleet/mtail/).
+  records (deliveries by instance, IP, group, outcome and status class) and, from rsyslog's
+  /var/log/mail.log, outgoing TLS and connection outcomes and OpenDKIM's signatures and errors
+  (templates/etc/mailfleet/mtail/). rsyslog is there anyway: Debian's exporter depends on it.
 - nftables table `inet mailfleet_metrics`: both ports answer this host (loopback and its instance
   addresses) and mailfleet:metricsNetworks only; the exporters and mtail require it.
 
@@ -35,7 +35,8 @@ MTAIL_UNIT = "mailfleet-mtail"
 MTAIL_UNIT_FILE = f"/etc/systemd/system/{MTAIL_UNIT}.service"
 MTAIL_PROGRAMS = "/etc/mailfleet/mtail"
 MTAIL_SOURCES = render.TEMPLATES / "etc/mailfleet/mtail"
-DELIVERY_LOG = "/var/log/mailfleet/deliveries.jsonl"
+DELIVERY_LOG = "/var/log/mailfleet/deliveries.jsonl"  # mailfleet-deliveries writes it
+MAIL_LOG = "/var/log/mail.log"  # rsyslog writes it (Debian's default rules)
 FIREWALL_UNIT = "mailfleet-metrics-firewall"
 FIREWALL_UNIT_FILE = f"/etc/systemd/system/{FIREWALL_UNIT}.service"
 FIREWALL_RULES = "/etc/mailfleet/metrics.nft"
@@ -100,7 +101,8 @@ def files(host: Host, networks: Sequence[str]) -> dict[str, str]:
         EXPORTER_UNIT_FILE: render.render("etc/systemd/system/mailfleet-postfix-exporter@.service.j2",
                                           env_dir=EXPORTER_ENV_DIR, port=QUEUE_PORT, firewall_unit=FIREWALL_UNIT),
         MTAIL_UNIT_FILE: render.render("etc/systemd/system/mailfleet-mtail.service.j2", programs=MTAIL_PROGRAMS,
-                                       delivery_log=DELIVERY_LOG, port=LOG_PORT, firewall_unit=FIREWALL_UNIT),
+                                       delivery_log=DELIVERY_LOG, mail_log=MAIL_LOG, port=LOG_PORT,
+                                       firewall_unit=FIREWALL_UNIT),
     }
     for instance in host.instances:
         out[f"{EXPORTER_ENV_DIR}/{instance.name}.env"] = (

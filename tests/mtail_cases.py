@@ -51,14 +51,14 @@ DELIVERY_COUNTERS = {
     'mailfleet_delivery_delay_seconds_total{group="microsoft",instance="postfix-45",ip="127.0.0.45",status="expired"}': 0.5,
 }
 
-# As journalctl --output=short-iso prints them (Debian 12's and 13's formats of the time differ).
+# As rsyslog writes them to /var/log/mail.log: RFC 3339 times (Debian 12 and 13), or traditional ones.
 JOURNAL_LINES = [
     "2026-12-04T19:10:00+0000 mailtest postfix-43/smtp-google/smtp[1234]: Untrusted TLS connection established to"
     " gmail-smtp-in.l.google.com[192.0.2.61]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
     " key-exchange X25519 server-signature ECDSA (P-256) server-digest SHA256",
-    "2026-12-04T19:10:00+00:00 mailtest postfix-45/smtp[1235]: Verified TLS connection established to"
+    "2026-12-04T19:10:00.296272+00:00 mailtest postfix-45/smtp[1235]: Verified TLS connection established to"
     " mx.plain.example[192.0.2.63]:25: TLSv1.2 with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
-    "2026-12-04T19:10:01+0000 mailtest postfix-45/smtp[1235]: connect to mx.plain.example[192.0.2.63]:25:"
+    "Dec  4 19:10:01 mailtest postfix-45/smtp[1235]: connect to mx.plain.example[192.0.2.63]:25:"
     " Connection refused",
     "2026-12-04T19:10:01+0000 mailtest postfix-43/smtp[1236]: 4Xy1Zq0abcz9: lost connection with"
     " mx.plain.example[192.0.2.63] while receiving the initial server greeting",

@@ -18,6 +18,7 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
              "shaping-map": remote_scripts.shaping_map(fleet),
              "shaping-map-delete": remote_scripts.shaping_map_delete(),
+             "deliveries-delete": remote_scripts.deliveries_delete(),
              "metrics-delete": metrics.delete_step()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
@@ -26,6 +27,7 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
         steps[f"{host.name}-default-instance"] = remote_scripts.default_instance(fleet, host)
         steps[f"{host.name}-tenants"] = remote_scripts.tenant_credentials(fleet, host)
         steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks)
+        steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

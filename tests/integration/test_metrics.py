@@ -403,10 +403,3 @@ def test_reapply_changes_nothing(host, deployed, traffic):
 def test_print_figures(traffic):
     print("\nmetrics: " + json.dumps(figures, indent=1))
 
-
-def test_zz_debug(host, traffic):
-    for cmd in ["systemctl status mailfleet-mtail --no-pager -l | head -30", "journalctl -u mailfleet-mtail --no-pager -n 30",
-                "ls -la /var/log/mailfleet /run/log/journal /var/log/journal 2>&1 | head", "ps -ef | grep -E 'mtail|journalctl' | grep -v grep",
-                "curl -s 127.0.0.1:3903/metrics 2>/dev/null | grep -v '^#' | head; exec 3<>/dev/tcp/127.0.0.1/3903; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; timeout 3 cat <&3 | grep -v '^#' | grep -v '^go_' | head -40",
-                "journalctl --no-pager -n 5 SYSLOG_FACILITY=2 -o short-iso"]:
-        print("\n$", cmd, "\n", host.run(cmd, check=False)[1:])
