@@ -8,18 +8,18 @@ import json
 
 def delivery(instance: str, ip: str, recipient: str, group: str | None, status: str, dsn: str | None,
              category: str | None = None, kind: str | None = None, reply: str = "250 2.0.0 ok",
-             delay: float | None = 0.5) -> str:
+             delay: float | None = 0.5, attempt: int | None = 1) -> str:
     """One record of the delivery log, keys in its order, compact."""
     return json.dumps({
         "time": "2026-12-04T19:00:00.123Z", "host": "mailtest", "instance": instance, "ip": ip,
         "queue_id": "4Xy1Zq0abcz9", "message_id": "<m1@example.com>", "sender": "news@example.com",
         "recipient": recipient, "domain": recipient.split("@")[1], "group": group, "tenant": None,
         "status": status, "dsn": dsn, "category": category, "kind": kind, "reply": reply,
-        "relay": "mx.example[192.0.2.25]:25", "delay": delay, "attempt": 1}, separators=(",", ":"))
+        "relay": "mx.example[192.0.2.25]:25", "delay": delay, "attempt": attempt}, separators=(",", ":"))
 
 
 DELIVERY_LINES = [
-    delivery("postfix-43", "127.0.0.43", "a@gmail.com", "google", "sent", "2.0.0"),
+    delivery("postfix-43", "127.0.0.43", "a@gmail.com", "google", "sent", "2.0.0", attempt=None),
     # A reply that holds the keys' text, quoted: it must not shift the fields.
     delivery("postfix-43", "127.0.0.43", "b@gmail.com", "google", "sent", "2.0.0",
              reply='250 2.0.0 ok ,"group":"x","status":"bounced","dsn":"5.0.0"'),
