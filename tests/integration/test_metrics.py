@@ -6,8 +6,9 @@ instance and group equal what was sent; the queue gauges equal `postqueue -j`; t
 this host and metricsNetworks and refuses everyone else.
 
 The delivery counters count the delivery log's records (/var/log/mailfleet/deliveries.jsonl).
-Where no service on the host writes that log, this test writes the records of the traffic it
-sent itself, so what is proven then is mtail -> Prometheus, not Postfix -> the log.
+When the host's mailfleet-deliveries has written no record 20 s after the traffic settled, this
+test writes the records of the traffic it sent itself (and says so in its figures): what is proven
+then is the log -> mtail -> Prometheus, not Postfix -> the log.
 """
 
 from __future__ import annotations
@@ -242,9 +243,16 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def delivery_log_written_by_host(host: TestHost) -> bool:
-    """Whether a service on the host writes the delivery log (else the test writes its records)."""
-    return host.run("systemctl list-unit-files --plain --no-legend 'mailfleet-deliver*' | grep -q .", check=False)[0] == 0
+def delivery_log_records(host: TestHost, timeout: float = 20) -> int:
+    """How many records the host's delivery log holds, once it stops growing (0 when nothing writes it)."""
+    deadline, last = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        count = int(host.run("cat /var/log/mailfleet/deliveries.jsonl 2>/dev/null | wc -l")[1])
+        if count and count == last:
+            return count
+        last = count
+        time.sleep(2)
+    return max(last, 0)
 
 
 @pytest.fixture(scope="module")
@@ -270,14 +278,15 @@ def traffic(host, deployed, network, prometheus):
     for instance in INSTANCES:
         wait_for(lambda: {m["queue_name"] for m in queue(host, instance["name"])} <= {"deferred"},
                  f"{instance['name']}'s queue to settle")
-    if not delivery_log_written_by_host(host):
+    figures["delivery log records by the host"] = delivery_log_records(host)
+    if not figures["delivery log records by the host"]:
         records = [delivery(instance, IPS[instance], f"user@{group}.test", group, status,
                             {"sent": "2.0.0", "deferred": "4.7.1", "bounced": "5.1.1"}[status],
                             "bad-mailbox" if status == "bounced" else None, "hard" if status == "bounced" else None)
                    for (instance, group, status), n in attempts().items() for _ in range(n)]
         host.run("install -d -m 0755 /var/log/mailfleet && cat >> /var/log/mailfleet/deliveries.jsonl <<'EOF'\n"
                  + "\n".join(records) + "\nEOF")
-        figures["delivery log"] = "written by the test"
+        figures["delivery log"] = "written by the test: no record from the host's service"
     return read_events(network)
 
 
@@ -294,13 +303,23 @@ def queue(host: TestHost, name: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def eventually_equal(get, want, timeout: float = 30):
+def eventually_equal(get, want, timeout: float = 30, explain=lambda: ""):
     """Prometheus scrapes every second: the answer must reach `want` within `timeout`."""
     deadline = time.monotonic() + timeout
     while (got := get()) != want and time.monotonic() < deadline:
         time.sleep(1)
-    assert got == want
+    assert got == want, explain()
     return got
+
+
+def log_state(host: TestHost) -> str:
+    """What mtail reads, for a failure's message: the delivery log and mtail's own line counts."""
+    return host.run("ls -la /var/log/mailfleet; head -n 3 /var/log/mailfleet/deliveries.jsonl;"
+                    " exec 3<>/dev/tcp/127.0.0.1/3903; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3;"
+                    " timeout 3 cat <&3 | grep -E '^mtail_(log_)?lines'; journalctl -u mailfleet-mtail -n 3 -o cat;"
+                    " systemctl status mailfleet-deliveries --no-pager -l | head -20;"
+                    " journalctl -n 3 -o short-iso _COMM=smtp",
+                    check=False)[1]
 
 
 def test_every_endpoint_answers_this_host_and_metrics_networks(host, deployed):
@@ -329,9 +348,10 @@ def test_the_debian_exporter_unit_is_masked_and_each_instance_has_its_own(host, 
     assert sorted(re.findall(r"(\S+):9154\b", listeners)) == sorted(i["ip"] for i in INSTANCES), listeners
 
 
-def test_prometheus_counts_the_deliveries_per_instance_group_and_outcome(prometheus, traffic):
+def test_prometheus_counts_the_deliveries_per_instance_group_and_outcome(host, prometheus, traffic):
     want = {(group, instance, status): float(n) for (instance, group, status), n in attempts().items()}
-    got = eventually_equal(lambda: prometheus("sum by (instance, group, status) (mailfleet_deliveries_total)"), want)
+    got = eventually_equal(lambda: prometheus("sum by (instance, group, status) (mailfleet_deliveries_total)"), want,
+                           explain=lambda: log_state(host))
     figures["deliveries"] = {" ".join(k): v for k, v in sorted(got.items())}
     bounces = prometheus('sum by (instance, kind) (mailfleet_bounces_total)')
     assert bounces == {("postfix-43", "hard"): 2.0, ("postfix-45", "hard"): 2.0}
