@@ -10,7 +10,7 @@ import pulumi_tls as tls
 from components.dkim_keys import DkimKeys, DkimKeysArgs
 from components.mail_host import MailHost, MailHostArgs
 from components.tls_certificates import TlsCertificates, TlsCertificatesArgs
-from mailfleet import dns_records
+from mailfleet import dns_records, metrics
 from mailfleet.config import ConfigError, Fleet, fleet_warnings, parse_config
 
 
@@ -46,6 +46,7 @@ def export_outputs(fleet: Fleet, dkim: DkimKeys, certificates: TlsCertificates) 
         for host, instance in fleet.instances
     })
     pulumi.export("tlsCaCertPem", certificates.ca_cert_pem)
+    pulumi.export("prometheusScrapeConfigs", metrics.scrape_configs(fleet))
 
 
 fleet = read_fleet()

@@ -1,8 +1,9 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
-credentials (Dovecot), the shaping map and warm-up -> one PostfixInstance per IP -> the one-time retirement
-of mailfleet-signer (a no-op where it never ran), and last ManagedFiles, which watches what all of
+credentials (Dovecot), the shaping map, warm-up and the delivery log -> one PostfixInstance per IP ->
+the one-time retirement of mailfleet-signer (a no-op where it never ran) and the metrics endpoints,
+and last ManagedFiles, which watches what all of
 them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
 a child), and its network step (cloud-init's result, the instance IPs on its
 interface) runs before preflight.
@@ -20,7 +21,7 @@ from components.managed_files import ManagedFiles, ManagedFilesArgs
 from components.postfix_instance import PostfixInstance, PostfixInstanceArgs
 from components.remote_step import remote_step, steps_on
 from components.vsphere_vm import VsphereVm, VsphereVmArgs
-from mailfleet import remote_scripts, signing
+from mailfleet import metrics, remote_scripts, signing
 from mailfleet.config import Fleet, Host
 from mailfleet.render import VM_USER, mynetworks
 
@@ -92,6 +93,9 @@ class MailHost(pulumi.ComponentResource):
         # Before the instances, whose smtpd asks it; removed after them (releasing what it held).
         warmup = remote_step(f"{name}-warmup", connection, ssh_user, remote_scripts.warmup(fleet, host),
                              delete_script=remote_scripts.warmup_delete(), parent=self, depends_on=[shaping_map])
+        # The delivery log reads the journal only: it needs no instance, and no instance waits for it.
+        deliveries = remote_step(f"{name}-deliveries", connection, ssh_user, remote_scripts.deliveries(host),
+                                 delete_script=remote_scripts.deliveries_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),
@@ -102,6 +106,12 @@ class MailHost(pulumi.ComponentResource):
         # Once, on a host that mailfleet-signer signed for: it goes when no instance names it any more.
         step("retire-mailfleet-signer", signing.migrate_signer_step(ssh_user),
              [instance.config for instance in self.instances.values()])
+        # Once the instances run (each exporter reads its instance's queue) and the delivery log
+        # exists (mtail reads a file that appears later from its end). Removed before them.
+        remote_step(f"{name}-metrics", connection, ssh_user,
+                    metrics.step(host, fleet.metrics_networks),
+                    delete_script=metrics.delete_step(), parent=self,
+                    depends_on=[deliveries, *(instance.config for instance in self.instances.values())])
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(
             host_name=host.name, connection=connection, steps=steps_on(connection)),
             opts=pulumi.ResourceOptions(parent=self))

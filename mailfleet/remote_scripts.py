@@ -20,8 +20,11 @@ from mailfleet.config import Fleet, Host, Instance
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 # Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
-# Dovecot's core (the tenants' SASL backend) and python3 (mailfleet-shaping-map).
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3")
+# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map, mailfleet-deliveries),
+# logrotate (the delivery log's rotation) and the metrics' exporter, mtail, rsyslog (whose
+# /var/log/mail.log mtail reads) and nftables (mailfleet/metrics.py).
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3", "logrotate",
+            "prometheus-postfix-exporter", "mtail", "rsyslog", "nftables")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 # A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed
@@ -161,6 +164,24 @@ def _warmup() -> dict:
                 plans_dir=render.WARMUP_PLANS,
                 paths=[render.WARMUP_UNIT_FILE, render.WARMUP_RELEASE_UNIT_FILE, render.WARMUP_TIMER_FILE,
                        render.WARMUP_PROGRAM])
+
+
+def deliveries(host: Host) -> str:
+    """The delivery log service of the host: every instance's delivery attempts as JSON lines."""
+    return script("deliveries", files=render.deliveries_files(host), **_deliveries())
+
+
+def deliveries_delete() -> str:
+    return script("deliveries", files={}, **_deliveries())
+
+
+def _deliveries() -> dict:
+    paths = [render.DELIVERIES_UNIT_FILE, render.DELIVERIES_PROGRAM, render.DELIVERIES_LIBRARY,
+             render.DELIVERIES_CONFIG, render.DELIVERIES_LOGROTATE]
+    return dict(unit=render.DELIVERIES_UNIT, unit_file=render.DELIVERIES_UNIT_FILE, user=render.DELIVERIES_USER,
+                program=render.DELIVERIES_PROGRAM, library=render.DELIVERIES_LIBRARY, config=render.DELIVERIES_CONFIG,
+                logrotate=render.DELIVERIES_LOGROTATE, log=render.DELIVERIES_LOG,
+                state_dir=render.DELIVERIES_STATE.rsplit("/", 1)[0], paths=paths)
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:

@@ -212,3 +212,38 @@ def warmup_files(fleet: Fleet, host: Host) -> tuple[dict[str, str], dict[str, st
         WARMUP_TIMER_FILE: render(f"etc/systemd/system/{WARMUP_TIMER}.j2", **values),
     }
     return files, {f"{WARMUP_PLANS}/{instance.name}.json": warmup_plan(instance) for instance in instances}
+
+
+# The delivery log (mailfleet/deliveries.py and mailfleet/bounces.py, installed as they are): one
+# service for every instance on the host, reading the journal; logrotate rotates its file.
+DELIVERIES_UNIT = "mailfleet-deliveries"
+DELIVERIES_USER = "mailfleet-deliveries"
+DELIVERIES_UNIT_FILE = f"/etc/systemd/system/{DELIVERIES_UNIT}.service"
+DELIVERIES_PROGRAM = "/usr/local/sbin/mailfleet-deliveries"
+DELIVERIES_LIBRARY = "/usr/local/lib/mailfleet-deliveries/bounces.py"
+DELIVERIES_CONFIG = "/etc/mailfleet/deliveries.json"
+DELIVERIES_LOGROTATE = "/etc/logrotate.d/mailfleet-deliveries"
+DELIVERIES_LOG = "/var/log/mailfleet/deliveries.jsonl"
+DELIVERIES_STATE = "/var/lib/mailfleet-deliveries/state.json"
+
+
+def deliveries_config(host: Host) -> str:
+    """The host's name (as the stack names it) and each instance's source IP, by instance name
+    (the default instance, `postfix`, sends from 127.0.0.1)."""
+    instances = {"postfix": "127.0.0.1", **{instance.name: instance.ip for instance in host.instances}}
+    return json.dumps({"host": host.name, "instances": instances}, indent=1, sort_keys=True) + "\n"
+
+
+def deliveries_files(host: Host) -> dict[str, str]:
+    """The service's program, its classifier, its settings, its unit and its logrotate entry."""
+    here = Path(__file__).resolve().parent
+    return {
+        DELIVERIES_PROGRAM: (here / "deliveries.py").read_text(),
+        DELIVERIES_LIBRARY: (here / "bounces.py").read_text(),
+        DELIVERIES_CONFIG: deliveries_config(host),
+        DELIVERIES_UNIT_FILE: render(f"etc/systemd/system/{DELIVERIES_UNIT}.service.j2", program=DELIVERIES_PROGRAM,
+                                     config=DELIVERIES_CONFIG, log=DELIVERIES_LOG, state=DELIVERIES_STATE,
+                                     user=DELIVERIES_USER),
+        DELIVERIES_LOGROTATE: render("etc/logrotate.d/mailfleet-deliveries.j2", log=DELIVERIES_LOG,
+                                     unit=DELIVERIES_UNIT),
+    }

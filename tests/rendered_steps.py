@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailfleet import remote_scripts, render, signing
+from mailfleet import metrics, remote_scripts, render, signing
 from mailfleet.config import Fleet, Warmup
 
 # A placeholder in PEM framing, not a key: these tests read scripts, they never run them.
@@ -18,7 +18,9 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "tenants-delete": remote_scripts.tenant_credentials_delete(),
              "shaping-map": remote_scripts.shaping_map(fleet),
              "shaping-map-delete": remote_scripts.shaping_map_delete(),
-             "warmup-delete": remote_scripts.warmup_delete()}
+             "warmup-delete": remote_scripts.warmup_delete(),
+             "deliveries-delete": remote_scripts.deliveries_delete(),
+             "metrics-delete": metrics.delete_step()}
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         if not host.existing:
@@ -30,6 +32,8 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
         warming = host.instances[0].model_copy(update={"warmup": Warmup(start="2026-12-07")})
         steps[f"{host.name}-warmup-on"] = remote_scripts.warmup(
             fleet, host.model_copy(update={"instances": (warming, *host.instances[1:])}))
+        steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks)
+        steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

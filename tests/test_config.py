@@ -161,6 +161,10 @@ BAD_INPUTS = [
     ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {}}, "mailfleet:hosts[1].instances[0].warmup.plan: must list at least one group"),
     ("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"google": [50, "100"]}}, "mailfleet:hosts[1].instances[0].warmup.plan.google[1]: must be an integer"),
     # Relay networks that open the relay.
+    ("metricsNetworks", ["203.0.113.7/24"], "mailfleet:metricsNetworks[0]: '203.0.113.7/24' is not a CIDR (203.0.113.7/24 has host bits set); did you mean 203.0.113.0/24?"),
+    ("metricsNetworks", ["192.0.2.0/24", "prometheus.example"], "mailfleet:metricsNetworks[1]: 'prometheus.example' is not a CIDR"),
+    ("metricsNetworks", ["::/0"], "mailfleet:metricsNetworks[0]: '::/0' would let anyone read the fleet's metrics"),
+    ("metricsNetworks", "192.0.2.0/24", "mailfleet:metricsNetworks: must be structured YAML"),
     ("relayNetworks", ["0.0.0.0/0"], "mailfleet:relayNetworks[0]: '0.0.0.0/0' opens the relay to the whole internet"),
     ("relayNetworks", ["10.0.0.0/16", "10.0.0.0/7"], "mailfleet:relayNetworks[1]: '10.0.0.0/7' is wider than /8"),
     ("relayNetworks", ["128.0.0.0/1"], "mailfleet:relayNetworks[0]: '128.0.0.0/1' is wider than /8"),

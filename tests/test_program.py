@@ -195,7 +195,8 @@ def test_components_register_their_outputs(prod):
 
 
 def test_outputs_follow_the_interface(prod):
-    assert set(prod.outputs) == {"dnsRecords", "dkimRecords", "zoneFile", "instances", "tlsCaCertPem"}
+    assert set(prod.outputs) == {"dnsRecords", "dkimRecords", "zoneFile", "instances", "tlsCaCertPem",
+                                 "prometheusScrapeConfigs"}
     dkim_key = prod.monitor.named("dkim-selector1-tt5._domainkey.tt5.ecrm.com.tw")
     assert dkim_key.inputs["rsaBits"] == 2048
     assert prod.outputs["dkimRecords"] == {

@@ -16,7 +16,8 @@ from pydantic.alias_generators import to_camel
 from mailfleet.config.values import (DEFAULT_BLOCKLISTS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS, Budget,
                                      CertificatePem, DnsLabel, DnsName, GroupName, HostAddress, InstanceIp,
                                      InstanceName, InterfaceName, IsoDate, Limit,
-                                     MailName, MailTo, PasswordHash, PostfixTime, PrivateKeyPem, PublicIPv4, Regex,
+                                     MailName, MailTo, MetricsNetwork, PasswordHash, PostfixTime, PrivateKeyPem,
+                                     PublicIPv4, Regex,
                                      RelayHost, RelayNetwork, Selector, SingleLine, SpfTerm, SshPrivateKeyPem,
                                      SshPublicKey, TenantName, TenantPassword, TxtName, UnicastIPv4, UnixUser,
                                      growing, int_range, json_schema, key_matches_certificate, non_empty, problem)
@@ -324,6 +325,8 @@ class Fleet(_Model):
     ssh_private_key: SshPrivateKeyPem | None = Field(None, repr=False)
     ssh_authorized_keys: tuple[SshPublicKey, ...] = ()
     relay_networks: tuple[RelayNetwork, ...] = ()
+    metrics_networks: tuple[MetricsNetwork, ...] = Field(
+        (), description="clients allowed to scrape the hosts' Prometheus metrics, besides the host itself")
     relayhost: RelayHost | None = None
     mail_name: MailName = "Postfix"
     queue: Queue = Queue()

@@ -219,6 +219,27 @@ def _relay_network(value: Any) -> str:
 RelayNetwork = rule(_relay_network, {"type": "string", "pattern": _pattern(
     r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}/(?:[89]|[12][0-9]|3[0-2])")}, base=Any)
 
+def _metrics_network(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f"{value!r} is not a CIDR (e.g. 192.0.2.0/24 or 2001:db8::/48)")
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError as error:
+        hint = ""
+        try:
+            hint = f"; did you mean {ipaddress.ip_network(value, strict=False)}?"
+        except ValueError:
+            pass
+        raise problem(f"{value!r} is not a CIDR ({error}){hint}") from None
+    if network.prefixlen == 0:
+        raise problem(f"{value!r} would let anyone read the fleet's metrics: list your Prometheus servers' networks")
+    return str(network)
+
+
+# The clients allowed to scrape the hosts' metrics (mailfleet/metrics.py), IPv4 or IPv6.
+MetricsNetwork = rule(_metrics_network, {"type": "string", "pattern": _pattern(
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/[0-9]{1,3})")}, base=Any)
+
 _POSTFIX_TIME = re.compile(r"[1-9][0-9]*[smhdw]?")
 
 

@@ -1,0 +1,353 @@
+#!/usr/bin/python3
+"""mailfleet-deliveries: the delivery log, one JSON line per delivery attempt of every Postfix instance.
+
+It follows the journal (journalctl, filtered to Postfix's processes), correlates each instance's
+lines per queue id (cleanup's message-id=, qmgr's from=, smtpd's sasl_username=, the delivery
+agent's to=/relay=/delay=/dsn=/status=) and appends one record per recipient per attempt to the
+log file: compact JSON, the keys of KEYS in that order (docs/host.md describes each).
+
+The receiver group of an attempt comes from the log tag: each group's transport (smtp-GROUP) runs
+with syslog_name ${multi_instance_name}/smtp-GROUP, so its lines read `postfix-43/smtp-google/smtp`.
+
+Exactly once across restarts: records are written in batches, and after each batch a checkpoint
+(atomic rename) holds the journal cursor of the last entry read, the per-queue-id memory, and the
+log file's inode and size. A restart resumes after that cursor with that memory, so it makes the
+same records again from there; lines already in the file past the checkpoint (a crash between the
+two writes) are counted and that many records are skipped. Rotation: logrotate renames the file
+and sends SIGHUP (ExecReload); until then lines go to the renamed file, then to a new one: no line
+is lost, unlike copytruncate, which loses what is written between its copy and its truncate.
+
+It only reads the journal, which Postfix writes to whatever happens here: it cannot block Postfix.
+
+    mailfleet-deliveries --config /etc/mailfleet/deliveries.json --log FILE --state FILE
+    mailfleet-deliveries --config FILE --parse < journalctl-json-lines   (records on stdout, for checks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+
+try:
+    from mailfleet.bounces import classify
+except ImportError:  # on a host (python3 -I: no script directory on the path): installed beside it
+    sys.path[:0] = ["/usr/local/lib/mailfleet-deliveries", os.path.dirname(os.path.abspath(__file__))]
+    from bounces import classify  # type: ignore[no-redef]
+
+KEYS = ("time", "host", "instance", "ip", "queue_id", "message_id", "sender", "recipient", "domain", "group",
+        "tenant", "status", "dsn", "category", "kind", "reply", "relay", "delay", "attempt")
+STATUSES = ("sent", "deferred", "bounced")
+# The processes whose lines matter (journal field _COMM): submission (smtpd, pickup, cleanup), the
+# queue manager, the delivery agents, and postsuper (removed). Everything else is not read at all.
+PROCESSES = ("smtpd", "cleanup", "qmgr", "smtp", "lmtp", "local", "virtual", "error", "discard", "postsuper")
+QUEUE_IDS = 100_000  # messages remembered (evicted at "removed"; the oldest go first past this)
+DOMAINS = 10_000  # recipient domain -> group, for attempts outside a group's transport (error, retry)
+BATCH_SECONDS = 1.0
+BATCH_RECORDS = 5_000
+
+_QUEUED = re.compile(r"([0-9A-Za-z]{5,}): (.*)\Z", re.S)
+_DELIVERY = re.compile(r"to=<(?P<to>.*?)>, (?P<fields>.*?)status=(?P<status>[a-z]+)(?: \((?P<reply>.*)\))?\Z", re.S)
+_FIELD = re.compile(r"(\w+)=([^,]*), ")
+_SAID = re.compile(r"host \S+ said: (.*?)(?: \(in reply to [^)]*\))?\Z", re.S)
+
+
+def rfc3339(microseconds: int) -> str:
+    seconds, micro = divmod(microseconds, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro // 1000:03d}Z"
+
+
+def reply_text(reason: str) -> str:
+    """The receiver's own reply out of Postfix's reason; Postfix's reason when it has none."""
+    said = _SAID.search(reason)
+    return said.group(1) if said else reason
+
+
+class Tracker:
+    """Per-queue-id memory of every instance, and the records it makes of the log lines."""
+
+    def __init__(self, host: str, ips: dict[str, str]):
+        self.host, self.ips = host, ips
+        # (instance, queue id) -> {"message_id", "sender", "tenant", "deferred": {recipient: [record]}}
+        self.messages: OrderedDict[str, dict] = OrderedDict()
+        self.groups: OrderedDict[str, str] = OrderedDict()
+
+    def state(self) -> dict:
+        return {"messages": list(self.messages.items()), "groups": list(self.groups.items())}
+
+    def restore(self, state: dict):
+        self.messages = OrderedDict((k, v) for k, v in state.get("messages", []))
+        self.groups = OrderedDict((k, v) for k, v in state.get("groups", []))
+
+    def _message(self, key: str) -> dict:
+        message = self.messages.get(key)
+        if message is None:
+            message = self.messages[key] = {"message_id": None, "sender": None, "tenant": None, "deferred": {}}
+            while len(self.messages) > QUEUE_IDS:
+                self.messages.popitem(last=False)
+        return message
+
+    def entry(self, realtime: int, identifier: str, text: str) -> list[dict]:
+        """The records that one journal entry makes (most make none)."""
+        parts = identifier.split("/")
+        instance = parts[0]
+        if not instance.startswith("postfix"):
+            return []
+        queued = _QUEUED.match(text)
+        if not queued:
+            return []
+        queue_id, rest = queued.groups()
+        key = f"{instance}/{queue_id}"
+        if rest.startswith("to="):
+            return self._delivery(realtime, parts, instance, queue_id, key, rest)
+        if rest == "removed":
+            self.messages.pop(key, None)
+        elif rest.startswith("message-id="):
+            self._message(key)["message_id"] = rest[11:].strip().strip("<>") or None
+        elif rest.startswith("from="):
+            sender, _, tail = rest[6:].partition(">")
+            message = self._message(key)
+            message["sender"] = sender
+            if tail.startswith(", status=expired"):
+                return self._expired(realtime, instance, queue_id, key, message)
+        elif rest.startswith("client=") and ", sasl_username=" in rest:
+            self._message(key)["tenant"] = rest.split(", sasl_username=", 1)[1].split(",", 1)[0].strip() or None
+        return []
+
+    def _delivery(self, realtime, parts, instance, queue_id, key, rest) -> list[dict]:
+        delivery = _DELIVERY.match(rest)
+        if not delivery or delivery["status"] not in STATUSES:
+            return []
+        fields = dict(_FIELD.findall(delivery["fields"]))
+        recipient, status = delivery["to"], delivery["status"]
+        domain = recipient.rpartition("@")[2].lower().rstrip(".")
+        service = parts[1] if len(parts) >= 3 else parts[-1]
+        if service.startswith("smtp-"):
+            group = service[5:]
+            if self.groups.get(domain) != group:
+                self.groups[domain] = group
+                while len(self.groups) > DOMAINS:
+                    self.groups.popitem(last=False)
+            self.groups.move_to_end(domain)
+        else:
+            group = self.groups.get(domain, "default")
+        dsn, reply = fields.get("dsn", ""), reply_text(delivery["reply"] or "")
+        message = self._message(key)
+        category, kind = classify(status, dsn, reply)
+        try:
+            delay = float(fields.get("delay", ""))
+        except ValueError:
+            delay = None
+        record = [rfc3339(realtime), self.host, instance, self.ips.get(instance), queue_id, message["message_id"],
+                  message["sender"], recipient, domain, group, message["tenant"], status, dsn, category, kind,
+                  reply, fields.get("relay"), delay, None]
+        if status == "deferred":
+            message["deferred"][recipient] = record
+        else:
+            message["deferred"].pop(recipient, None)
+        return [dict(zip(KEYS, record))]
+
+    def _expired(self, realtime, instance, queue_id, key, message) -> list[dict]:
+        """qmgr gives up on a message once: one record for each recipient still deferred."""
+        records = []
+        for recipient, last in message["deferred"].items():
+            last = dict(zip(KEYS, last))
+            reply = f"message expired; last attempt: {last['reply']}"
+            category, kind = classify("expired", "5.4.7", reply)
+            records.append({**last, "time": rfc3339(realtime), "message_id": message["message_id"],
+                            "sender": message["sender"], "tenant": message["tenant"], "status": "expired",
+                            "dsn": "5.4.7", "category": category, "kind": kind, "reply": reply})
+        message["deferred"] = {}
+        return records
+
+
+def line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def journal_text(value) -> str:
+    """journalctl's JSON gives a field that is not UTF-8 as an array of bytes."""
+    if isinstance(value, list):
+        return bytes(value).decode("utf-8", "replace")
+    return value or ""
+
+
+class DeliveryLog:
+    def __init__(self, tracker: Tracker, log_path: str, state_path: str):
+        self.tracker, self.log_path, self.state_path = tracker, log_path, state_path
+        self.cursor: str | None = None
+        self.skip = 0
+        self.pending: list[str] = []
+        self.reopen = False
+        self.stop = False
+        self.log = None
+
+    # ---- checkpoint ----
+    def load(self):
+        try:
+            with open(self.state_path) as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            state = {}
+        self.cursor = state.get("cursor")
+        self.tracker.restore(state)
+        written = state.get("file")
+        if written:
+            self.skip = self._lines_past(written["inode"], written["offset"])
+        self._open()
+
+    def _lines_past(self, inode: int, offset: int) -> int:
+        """Complete lines written after the checkpoint (their records come again); a partial last
+        line (a crash in mid-write) is cut off."""
+        for path in (self.log_path, self.log_path + ".1"):
+            try:
+                if os.stat(path).st_ino != inode:
+                    continue
+                with open(path, "rb+") as f:
+                    f.seek(offset)
+                    tail = f.read()
+                    if tail and not tail.endswith(b"\n"):
+                        f.truncate(offset + tail.rfind(b"\n") + 1)
+                    return tail.count(b"\n")
+            except OSError:
+                continue
+        return 0
+
+    def _open(self):
+        if self.log:
+            self.log.close()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.log = os.fdopen(fd, "a", encoding="utf-8")
+
+    def checkpoint(self):
+        if self.pending:
+            self.log.write("".join(self.pending))
+            self.pending = []
+        self.log.flush()
+        stat = os.fstat(self.log.fileno())
+        state = {"cursor": self.cursor, "file": {"inode": stat.st_ino, "offset": stat.st_size}, **self.tracker.state()}
+        tmp = self.state_path + ".new"
+        with open(tmp, "w") as f:
+            json.dump(state, f, separators=(",", ":"))
+        os.replace(tmp, self.state_path)
+        if self.reopen:
+            self.reopen = False
+            self._open()
+            self.checkpoint()
+
+    # ---- entries ----
+    def entry(self, fields: dict):
+        records = self.tracker.entry(int(fields["__REALTIME_TIMESTAMP"]), journal_text(fields.get("SYSLOG_IDENTIFIER")),
+                                     journal_text(fields.get("MESSAGE")))
+        self.cursor = fields["__CURSOR"]
+        for record in records:
+            if self.skip:
+                self.skip -= 1
+            else:
+                self.pending.append(line(record))
+
+    def follow(self):
+        command = ["journalctl", "--follow", "--no-tail", "--all", "--output=json",
+                   "--output-fields=MESSAGE,SYSLOG_IDENTIFIER", *(f"_COMM={name}" for name in PROCESSES)]
+        # First start: this boot's lines so far; later: exactly after the last entry read.
+        command += [f"--after-cursor={self.cursor}"] if self.cursor else ["--boot"]
+        journal = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        fd, buffered, last, saved = journal.stdout.fileno(), b"", time.monotonic(), self.cursor
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            while not self.stop:
+                if poller.poll(BATCH_SECONDS * 1000):
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        raise SystemExit(f"journalctl ended ({journal.wait()})")
+                    *lines, buffered = (buffered + chunk).split(b"\n")
+                    for raw in lines:
+                        if raw:
+                            self.entry(json.loads(raw))
+                now = time.monotonic()
+                if self.reopen or len(self.pending) >= BATCH_RECORDS or now - last >= BATCH_SECONDS:
+                    if self.pending or self.reopen or self.cursor != saved:
+                        self.checkpoint()
+                        saved = self.cursor
+                    last = now
+        finally:
+            journal.terminate()
+            journal.wait()
+        # Only whole entries were taken: what was read is all written before the exit.
+        self.checkpoint()
+
+
+def notify(message: str):
+    """sd_notify(3) for Type=notify: systemd's start returns (or fails) with the service's own word."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def can_read_the_system_journal() -> bool:
+    """Without the right to read it, journalctl shows only the caller's own entries and says so
+    on stderr, and the log would stay empty: PID 1's entries are in every system journal."""
+    result = subprocess.run(["journalctl", "--quiet", "--lines=1", "--output=json", "_PID=1"],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    return result.returncode == 0 and result.stdout.strip() != b""
+
+
+def read_config(path: str) -> Tracker:
+    with open(path) as f:
+        config = json.load(f)
+    return Tracker(config["host"], config["instances"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="JSON: {host, instances: {name: ip}}")
+    parser.add_argument("--log", help="the delivery log (JSON lines), appended to")
+    parser.add_argument("--state", help="the checkpoint: journal cursor, per-queue-id memory, log offset")
+    parser.add_argument("--parse", action="store_true", help="records of journalctl JSON lines on stdin, to stdout")
+    args = parser.parse_args()
+    tracker = read_config(args.config)
+    if args.parse:
+        for raw in sys.stdin:
+            fields = json.loads(raw)
+            for record in tracker.entry(int(fields["__REALTIME_TIMESTAMP"]), journal_text(fields.get("SYSLOG_IDENTIFIER")),
+                                        journal_text(fields.get("MESSAGE"))):
+                sys.stdout.write(line(record))
+        return
+    if not args.log or not args.state:
+        parser.error("--log and --state (follow the journal), or --parse")
+    if not can_read_the_system_journal():
+        raise SystemExit("cannot read the system journal (the service runs in group systemd-journal)")
+    service = DeliveryLog(tracker, args.log, args.state)
+    service.load()
+    service.checkpoint()
+
+    def stop(*_):
+        service.stop = True
+
+    def reopen(*_):
+        service.reopen = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reopen)
+    print(f"following the journal {'after the checkpoint' if service.cursor else 'from this boot'}; "
+          f"{len(tracker.messages)} messages remembered, {service.skip} records already written", flush=True)
+    notify("READY=1")
+    service.follow()
+
+
+if __name__ == "__main__":
+    main()
