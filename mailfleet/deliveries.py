@@ -181,8 +181,8 @@ def journal_text(value) -> str:
 
 
 class DeliveryLog:
-    def __init__(self, tracker: Tracker, log_path: str, state_path: str):
-        self.tracker, self.log_path, self.state_path = tracker, log_path, state_path
+    def __init__(self, tracker: Tracker, log_path: str, state_path: str, boot_id: str):
+        self.tracker, self.log_path, self.state_path, self.boot_id = tracker, log_path, state_path, boot_id
         self.cursor: str | None = None
         self.skip = 0
         self.pending: list[str] = []
@@ -258,7 +258,7 @@ class DeliveryLog:
         command = ["journalctl", "--follow", "--no-tail", "--all", "--output=json",
                    "--output-fields=MESSAGE,SYSLOG_IDENTIFIER", *(f"_COMM={name}" for name in PROCESSES)]
         # First start: this boot's lines so far; later: exactly after the last entry read.
-        command += [f"--after-cursor={self.cursor}"] if self.cursor else ["--boot"]
+        command += [f"--after-cursor={self.cursor}"] if self.cursor else [f"_BOOT_ID={self.boot_id}"]
         journal = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         fd, buffered, last, saved = journal.stdout.fileno(), b"", time.monotonic(), self.cursor
         poller = select.poll()
@@ -297,12 +297,20 @@ def notify(message: str):
         sock.sendto(message.encode(), address)
 
 
-def can_read_the_system_journal() -> bool:
-    """Without the right to read it, journalctl shows only the caller's own entries and says so
-    on stderr, and the log would stay empty: PID 1's entries are in every system journal."""
-    result = subprocess.run(["journalctl", "--quiet", "--lines=1", "--output=json", "_PID=1"],
+def current_boot_id() -> str | None:
+    """This boot as the journal names it: that of systemd's (PID 1) newest entry, which is its
+    start of this service. Not `journalctl --boot`, which takes the kernel's boot id from
+    /proc/sys/kernel/random/boot_id: in a container, a sandboxed service's own /proc
+    (ProtectProc=, ProtectKernelTunables=) shows the host kernel's id, not the container's, and
+    journalctl then finds no entry at all (Debian 12 under systemd-nspawn).
+    None when the system journal cannot be read: without the right to, journalctl shows only the
+    caller's own entries, and the log would stay empty."""
+    result = subprocess.run(["journalctl", "--quiet", "--lines=1", "--output=json",
+                             "--output-fields=_BOOT_ID", "_PID=1"],
                             stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    return result.returncode == 0 and result.stdout.strip() != b""
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    return json.loads(result.stdout.splitlines()[-1])["_BOOT_ID"]
 
 
 def read_config(path: str) -> Tracker:
@@ -328,9 +336,10 @@ def main():
         return
     if not args.log or not args.state:
         parser.error("--log and --state (follow the journal), or --parse")
-    if not can_read_the_system_journal():
+    boot_id = current_boot_id()
+    if boot_id is None:
         raise SystemExit("cannot read the system journal (the service runs in group systemd-journal)")
-    service = DeliveryLog(tracker, args.log, args.state)
+    service = DeliveryLog(tracker, args.log, args.state, boot_id)
     service.load()
     service.checkpoint()
 

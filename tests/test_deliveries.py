@@ -98,7 +98,7 @@ def test_memory_is_bounded_and_removed_messages_are_forgotten(monkeypatch):
 def test_a_restart_after_a_crash_between_writing_and_checkpointing_repeats_nothing(tmp_path):
     log, state = str(tmp_path / "deliveries.jsonl"), str(tmp_path / "state.json")
     feed = entries()
-    first = DeliveryLog(tracker(), log, state)
+    first = DeliveryLog(tracker(), log, state, "boot")
     first.load()
     for e in feed[:5]:
         first.entry(e)
@@ -108,7 +108,7 @@ def test_a_restart_after_a_crash_between_writing_and_checkpointing_repeats_nothi
     first.log.write("".join(first.pending))
     first.log.write('{"time":"partial')  # and in mid-line
     first.log.close()
-    second = DeliveryLog(tracker(), log, state)
+    second = DeliveryLog(tracker(), log, state, "boot")
     second.load()
     assert second.cursor == "c4" and second.skip == 4
     for e in feed[5:]:
