@@ -7,8 +7,6 @@ import json
 import shutil
 import subprocess
 
-import pytest
-
 from mailfleet import metrics
 from keys import openssh_private_key
 from mailfleet.config import parse_config

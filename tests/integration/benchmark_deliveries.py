@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, as pytest does
 
-from integration.test_deliveries import (DNS_IP, INSTANCES, LOG, RECEIVERS, REPLIES, ZONE, _start,  # noqa: E402
-                                         _stop, apply)
+from integration.receiving import receiving, use_test_resolver  # noqa: E402
+from integration.test_deliveries import DNS_IP, INSTANCES, LOG, RECEIVERS, REPLIES, ZONE, apply  # noqa: E402
 from integration.testhost import SUITE, SUITES, booted  # noqa: E402
 
 # utime + stime of the service and its children (journalctl), in clock ticks, and the tick rate.
@@ -43,38 +44,28 @@ def main():
     parser.add_argument("--suite", default=SUITE, choices=list(SUITES))
     parser.add_argument("--messages", type=int, default=4000, help="messages in all (default 4000)")
     args = parser.parse_args()
-    import json
-    import tempfile
     with booted(ips=[i["ip"] for i in INSTANCES] + ["198.51.100.7", "203.0.113.10"], suite=args.suite) as host, \
-            tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "zone").write_text(ZONE)
-        (Path(folder) / "replies").write_text(json.dumps(REPLIES))
-        dns = _start(host, "dnsserver.py", "--zone", f"{folder}/zone", "--address", DNS_IP)
-        sink = _start(host, "scriptedsink.py", "--replies", f"{folder}/replies", "--log", f"{folder}/accepted",
-                      *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
-        try:
-            host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
-            apply(host)
-            host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
-            before_lines, before_cpu, started = sent_lines(host), cpu_seconds(host), time.monotonic()
-            per_instance = args.messages // len(INSTANCES)
-            for instance in INSTANCES:
-                host.run(f"smtp-source -s 10 -m {per_instance} -l 2048 -f news@example.com -t ok@plain.example "
-                         f"{instance['ip']}:25", timeout=1800)
-            total = per_instance * len(INSTANCES)
-            while sent_lines(host) - before_lines < total and time.monotonic() - started < 1800:
-                time.sleep(1)
-            lag_started = time.monotonic()
-            logged = sent_lines(host) - before_lines
-            cpu = cpu_seconds(host) - before_cpu
-            elapsed = lag_started - started
-            print(f"{SUITES[args.suite]}: {total} messages submitted and delivered, {logged} sent lines in the "
-                  f"log in {elapsed:.0f} s ({logged / elapsed:.0f} a second)")
-            print(f"mailfleet-deliveries CPU (with its journalctl): {cpu:.2f} s, "
-                  f"{cpu * 1000 / max(logged, 1):.3f} ms per delivered message")
-        finally:
-            _stop(sink)
-            _stop(dns)
+            tempfile.TemporaryDirectory() as folder, \
+            receiving(host, Path(folder), zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS, replies=REPLIES):
+        use_test_resolver(host, DNS_IP)
+        apply(host)
+        use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
+        before_lines, before_cpu, started = sent_lines(host), cpu_seconds(host), time.monotonic()
+        per_instance = args.messages // len(INSTANCES)
+        for instance in INSTANCES:
+            host.run(f"smtp-source -s 10 -m {per_instance} -l 2048 -f news@example.com -t ok@plain.example "
+                     f"{instance['ip']}:25", timeout=1800)
+        total = per_instance * len(INSTANCES)
+        while sent_lines(host) - before_lines < total and time.monotonic() - started < 1800:
+            time.sleep(1)
+        lag_started = time.monotonic()
+        logged = sent_lines(host) - before_lines
+        cpu = cpu_seconds(host) - before_cpu
+        elapsed = lag_started - started
+        print(f"{SUITES[args.suite]}: {total} messages submitted and delivered, {logged} sent lines in the "
+              f"log in {elapsed:.0f} s ({logged / elapsed:.0f} a second)")
+        print(f"mailfleet-deliveries CPU (with its journalctl): {cpu:.2f} s, "
+              f"{cpu * 1000 / max(logged, 1):.3f} ms per delivered message")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Prints figures only; it asserts no time. Run: scripts/benchmark-shaping [--suite
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, as pytest does
 
 from harness import run_program  # noqa: E402
-from integration.countingsink import counts, read_events  # noqa: E402
+from integration.receiving import counts, read_events, receiving, use_test_resolver  # noqa: E402
 from integration.test_apply import StatefulMocks  # noqa: E402
 from integration.test_shaping import (BURST, DNS_IP, INSTANCES, RECEIVERS, RELAY_CLIENT, ZONE,  # noqa: E402
-                                      _start, _stop, config_for, limits, send_burst, wait_for_messages)
+                                      config_for, limits, send_burst, wait_for_messages)
 from integration.testhost import SUITE, SUITES, booted  # noqa: E402
 
 GROUP_OF = {"google": "google", "microsoft": "microsoft", "other": "default"}
@@ -62,48 +61,41 @@ def main() -> None:
     args = parser.parse_args()
     burst = {domain: count * (1 if domain == "outlook.com" else args.scale) for domain, count in BURST.items()}
     folder = Path(tempfile.mkdtemp(prefix="benchmark-shaping-"))
-    (folder / "zone").write_text(ZONE)
-    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=args.suite) as host:
-        dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
-        receivers = _start(host, "countingsink.py", "--log", str(folder / "events"),
-                           *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
-        try:
-            host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
-            run_program(config_for(host), StatefulMocks(host.connect, {}), secret_keys=["mailfleet:sshPrivateKey"],
-                        stack="shaping")
-            host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/; done")
-            started = time.monotonic()
-            total = send_burst(host, burst)
-            submitted = time.monotonic() - started
-            wait_for_messages(host, folder / "events", total, timeout=1800)
-            elapsed = time.monotonic() - started
-            seen = counts(read_events(folder / "events"))
-            print(f"\n{args.suite}: {total} messages (per instance {burst}), submitted in {submitted:.0f} s, "
-                  f"all delivered in {elapsed:.0f} s\n")
-            print(f"{'instance':<11} {'group':<10} {'msgs':>5} {'rate/min':>9} {'max in 60s':>10} {'limit/min':>9} "
-                  f"{'busy':>4} {'conns':>5} {'limit':>5} {'max/conn':>8} {'limit':>5}")
-            for instance in INSTANCES:
-                for receiver, group in GROUP_OF.items():
-                    s, limit = seen[(receiver, instance["ip"])], limits(instance, group)
-                    paced = limit["messagesPerMinute"] <= 60
-                    print(f"{instance['name']:<11} {group:<10} {s['messages']:>5} {s['per_minute'] or 0:>9} "
-                          f"{s['max_per_minute']:>10} {limit['messagesPerMinute'] if paced else 'unpaced':>9} "
-                          f"{s['max_transactions']:>4} {s['max_connections']:>5} {1 if paced else limit['connections']:>5} "
-                          f"{s['max_per_connection']:>8} {limit['messagesPerConnection']:>5}")
-            out = host.run(f"python3 -c '{LOOKUP_COST}' {LOOKUPS} {UNCACHED}")[1]
-            print(f"\nrouting lookup through mailfleet-shaping-map, one connection, µs per lookup:")
-            for line in out.splitlines():
-                key, micros = line.rsplit(" ", 1)
-                print(f"  {key:<30} {micros:>8}")
-            maps = host.run("postconf -c /etc/postfix-43 -h transport_maps")[1].strip()
-            t = time.perf_counter()
-            host.run(f"for i in $(seq 200); do postmap -c /etc/postfix-43 -q someone@corp.example '{maps.split(', ')[1]}'"
-                     " >/dev/null; done")
-            print(f"  {'postmap -q via proxymap':<30} {(time.perf_counter() - t) / 200 * 1e6:>8.0f}"
-                  "  (a process each: an upper bound)")
-        finally:
-            _stop(receivers)
-            _stop(dns)
+    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=args.suite) as host, \
+            receiving(host, folder, zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS) as events:
+        use_test_resolver(host, DNS_IP)
+        run_program(config_for(host), StatefulMocks(host.connect, {}), secret_keys=["mailfleet:sshPrivateKey"],
+                    stack="shaping")
+        use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
+        started = time.monotonic()
+        total = send_burst(host, burst)
+        submitted = time.monotonic() - started
+        wait_for_messages(host, events, total, timeout=1800)
+        elapsed = time.monotonic() - started
+        seen = counts(read_events(events))
+        print(f"\n{args.suite}: {total} messages (per instance {burst}), submitted in {submitted:.0f} s, "
+              f"all delivered in {elapsed:.0f} s\n")
+        print(f"{'instance':<11} {'group':<10} {'msgs':>5} {'rate/min':>9} {'max in 60s':>10} {'limit/min':>9} "
+              f"{'busy':>4} {'conns':>5} {'limit':>5} {'max/conn':>8} {'limit':>5}")
+        for instance in INSTANCES:
+            for receiver, group in GROUP_OF.items():
+                s, limit = seen[(receiver, instance["ip"])], limits(instance, group)
+                paced = limit["messagesPerMinute"] <= 60
+                print(f"{instance['name']:<11} {group:<10} {s['messages']:>5} {s['per_minute'] or 0:>9} "
+                      f"{s['max_per_minute']:>10} {limit['messagesPerMinute'] if paced else 'unpaced':>9} "
+                      f"{s['max_transactions']:>4} {s['max_connections']:>5} {1 if paced else limit['connections']:>5} "
+                      f"{s['max_per_connection']:>8} {limit['messagesPerConnection']:>5}")
+        out = host.run(f"python3 -c '{LOOKUP_COST}' {LOOKUPS} {UNCACHED}")[1]
+        print("\nrouting lookup through mailfleet-shaping-map, one connection, µs per lookup:")
+        for line in out.splitlines():
+            key, micros = line.rsplit(" ", 1)
+            print(f"  {key:<30} {micros:>8}")
+        maps = host.run("postconf -c /etc/postfix-43 -h transport_maps")[1].strip()
+        t = time.perf_counter()
+        host.run(f"for i in $(seq 200); do postmap -c /etc/postfix-43 -q someone@corp.example '{maps.split(', ')[1]}'"
+                 " >/dev/null; done")
+        print(f"  {'postmap -q via proxymap':<30} {(time.perf_counter() - t) / 200 * 1e6:>8.0f}"
+              "  (a process each: an upper bound)")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ import threading
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
-from pathlib import Path
 
 import pytest
 
 from harness import REPO, run_program
+from integration.receiving import direct_config, receiving, use_test_resolver
 from integration.test_apply import StatefulMocks, step_output
-from integration.test_shaping import _start, _stop
 from integration.test_tenants import PASSWORDS, session
 from integration.testhost import TestHost, booted
 from mailfleet.deliveries import KEYS
@@ -84,20 +83,9 @@ STATE: dict[str, dict] = {}
 figures: dict[str, object] = {}
 
 
-def config_for(host: TestHost) -> dict[str, str]:
-    config = {
-        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": INSTANCES}],
-        "mailfleet:sshPrivateKey": host.ssh_private_key,
-        "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
-        "mailfleet:relayNetworks": ["198.51.100.0/24"],
-        "mailfleet:tenants": [ALICE],
-    }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
 def apply(host: TestHost):
     mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
-    run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey", "mailfleet:tenants"],
+    run_program(direct_config(host, INSTANCES, **{"mailfleet:tenants": [ALICE]}), mocks, secret_keys=["mailfleet:sshPrivateKey", "mailfleet:tenants"],
                 stack="deliveries")
     return mocks
 
@@ -111,24 +99,16 @@ def host(suite):
 
 @pytest.fixture(scope="module")
 def network(host, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("deliveries")
-    (folder / "zone").write_text(ZONE)
-    (folder / "replies").write_text(json.dumps(REPLIES))
-    dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
-    receivers = _start(host, "scriptedsink.py", "--replies", str(folder / "replies"), "--log", str(folder / "accepted"),
-                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
-    try:
-        yield folder / "accepted"
-    finally:
-        _stop(receivers)
-        _stop(dns)
+    with receiving(host, tmp_path_factory.mktemp("deliveries"), zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS,
+                   replies=REPLIES) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")
 def deployed(host, network):
-    host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
+    use_test_resolver(host, DNS_IP)
     mocks = apply(host)
-    host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
+    use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
     return mocks
 
 

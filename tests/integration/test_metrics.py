@@ -1,6 +1,6 @@
 """Metrics for real: a real Prometheus (Debian's, from this machine, in the test host's network
 namespace) scrapes the host with the stack's own `prometheusScrapeConfigs`, after known traffic:
-mail delivered, deferred (451) and bounced (550) by fake receivers (replysink.py) found through MX
+mail delivered, deferred (451) and bounced (550) by fake receivers (fakereceiver.py) found through MX
 records (dnsserver.py), and mail for a domain whose MX refuses connections. The PromQL answers per
 instance and group equal what was sent; the queue gauges equal `postqueue -j`; the firewall serves
 this host and metricsNetworks and refuses everyone else.
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from email.message import EmailMessage
@@ -27,6 +25,7 @@ import yaml
 
 from certs import self_signed
 from harness import run_program
+from integration.receiving import direct_config, read_events, receiving, start, stop, use_test_resolver
 from integration.test_apply import StatefulMocks
 from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted, skip_or_fail
 from mtail_cases import DELIVERY_COUNTERS, DELIVERY_LINES, JOURNAL_COUNTERS, JOURNAL_LINES, mailfleet_series
@@ -63,6 +62,7 @@ TRAFFIC = {
     "postfix-45": {"gmail.com": {"ok": 1, "bounce": 2}, "outlook.com": {"ok": 1, "defer": 1},
                    "plain.example": {"ok": 2}},
 }
+REPLIES = {"defer": "451 4.7.1 try again later", "bounce": "550 5.1.1 no such user"}
 SENDER = "news@example.com"
 HERE = Path(__file__).parent
 
@@ -92,37 +92,7 @@ def submitted() -> int:
 
 
 def config_for(host: TestHost) -> dict[str, str]:
-    config = {
-        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": INSTANCES}],
-        "mailfleet:sshPrivateKey": host.ssh_private_key,
-        "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
-        "mailfleet:relayNetworks": ["198.51.100.0/24"],
-        "mailfleet:metricsNetworks": [METRICS_NETWORK],
-    }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
-def _start(host: TestHost, script: str, *args: str) -> subprocess.Popen:
-    program = [sys.executable, str(HERE / script)] if script.endswith(".py") else [script]
-    process = subprocess.Popen(["ip", "netns", "exec", host.netns, *program, *args],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    return process
-
-
-def _ready(process: subprocess.Popen) -> subprocess.Popen:
-    line = process.stdout.readline()
-    assert line.strip() == "ready", line + process.stdout.read()
-    return process
-
-
-def _stop(process: subprocess.Popen):
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
+    return direct_config(host, INSTANCES, **{"mailfleet:metricsNetworks": [METRICS_NETWORK]})
 
 
 @pytest.fixture(scope="module")
@@ -134,29 +104,20 @@ def host(suite):
 @pytest.fixture(scope="module")
 def network(host, tmp_path_factory):
     """The DNS server (the host's resolver) and the fake receivers, inside the namespace."""
-    folder = tmp_path_factory.mktemp("metrics")
-    (folder / "zone").write_text(ZONE)
     cert, key = self_signed("mx.test")
-    (folder / "receiver.pem").write_text(cert + key)
-    dns = _ready(_start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP))
-    receivers = _ready(_start(host, "replysink.py", "--log", str(folder / "events"), "--cert", str(folder / "receiver.pem"),
-                              *(f"--listen={name}={address}" for name, address in RECEIVERS.items())))
-    try:
-        yield folder / "events"
-    finally:
-        _stop(receivers)
-        _stop(dns)
+    with receiving(host, tmp_path_factory.mktemp("metrics"), zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS,
+                   replies=REPLIES, cert_pem=cert + key) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")
 def deployed(host, network):
-    host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
+    use_test_resolver(host, DNS_IP)
     mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
     started = time.monotonic()
     run = run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="metrics")
     figures["apply s"] = round(time.monotonic() - started, 1)
-    # The smtp clients run chrooted: their resolver reads the queue directory's copy.
-    host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
+    use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
     return run
 
 
@@ -182,9 +143,9 @@ def prometheus(host, deployed, tmp_path_factory):
               "rule_files": [str(HERE.parent.parent / "monitoring/alerts.yml")],
               "scrape_configs": deployed.outputs["prometheusScrapeConfigs"]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    process = _start(host, "/usr/bin/prometheus", f"--config.file={folder / 'prometheus.yml'}",
+    process = start(host, "/usr/bin/prometheus", f"--config.file={folder / 'prometheus.yml'}",
                      f"--storage.tsdb.path={folder / 'data'}", "--web.listen-address=127.0.0.1:9090",
-                     "--log.level=warn")
+                     "--log.level=warn", ready=False)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -192,13 +153,13 @@ def prometheus(host, deployed, tmp_path_factory):
             break
         except (OSError, AssertionError):
             if time.monotonic() > deadline or process.poll() is not None:
-                _stop(process)
+                stop(process)
                 raise AssertionError(f"prometheus did not start: {process.stdout.read()}")
             time.sleep(0.5)
     try:
         yield lambda promql: query(host, promql)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def query(host: TestHost, promql: str) -> dict[tuple, float]:
@@ -239,8 +200,15 @@ def expected_events() -> Counter:
     return events
 
 
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def outcomes(events: list[dict]) -> Counter:
+    """(receiver, source IP, outcome) per recipient, as the receivers answered them."""
+    seen: Counter = Counter()
+    for e in events:
+        if e["event"] == "message":
+            seen[(e["receiver"], e["peer"], "accepted")] += len(e["recipients"])
+        elif e["event"] == "refused":
+            seen[(e["receiver"], e["peer"], "deferred" if e["reply"].startswith("4") else "bounced")] += 1
+    return seen
 
 
 def delivery_log_records(host: TestHost, timeout: float = 20) -> int:
@@ -267,8 +235,7 @@ def traffic(host, deployed, network, prometheus):
     wanted = expected_events()
     deadline = time.monotonic() + 120
     while True:
-        seen = Counter((e["receiver"], e["peer"], e["event"]) for e in read_events(network) if e["event"] != "open"
-                       and e["event"] != "tls")
+        seen = outcomes(read_events(network))
         if seen == wanted:
             break
         if time.monotonic() > deadline:

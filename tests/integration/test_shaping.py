@@ -4,7 +4,7 @@ fake receivers (no relayhost), found through MX records, and every limit holds a
 The test's DNS server (dnsserver.py, inside the namespace) is the host's resolver; it routes
 gmail.com and a Workspace-hosted corp.example (MX under google.com) to the fake Gmail, outlook.com
 to the fake Outlook, and plain.example to a receiver of the default group. The fake receivers
-(countingsink.py) log every connection and message, so the counts are the receivers' own: per
+(fakereceiver.py) log every connection and message, so the counts are the receivers' own: per
 source IP, simultaneous connections, messages per connection, messages in any minute.
 """
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import run_program
-from integration.countingsink import counts, read_events
+from integration.receiving import counts, direct_config, read_events, receiving, use_test_resolver
 from integration.test_apply import StatefulMocks
 from integration.testhost import TestHost, booted
 
@@ -56,39 +54,13 @@ mx.plain.example. 300 IN A {RECEIVERS["other"]}
 # Messages per instance and recipient domain: the paced microsoft group sets the run time
 # (30 at 30 a minute, 30 at 20 a minute: about 1.5 minutes).
 BURST = {"gmail.com": 300, "corp.example": 100, "outlook.com": 30, "plain.example": 200}
-HERE = Path(__file__).parent
 
 figures: dict[str, object] = {}
 STATE: dict[str, dict] = {}  # per suite: keys and certificates kept between applies, as the engine keeps them
 
 
 def config_for(host: TestHost) -> dict[str, str]:
-    config = {
-        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": INSTANCES}],
-        "mailfleet:sshPrivateKey": host.ssh_private_key,
-        "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
-        "mailfleet:relayNetworks": ["198.51.100.0/24"],
-        "mailfleet:shaping": SHAPING,
-    }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
-def _start(host: TestHost, script: str, *args: str) -> subprocess.Popen:
-    process = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(HERE / script), *args],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    line = process.stdout.readline()
-    assert line.strip() == "ready", line + process.stdout.read()
-    return process
-
-
-def _stop(process: subprocess.Popen):
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
+    return direct_config(host, INSTANCES, **{"mailfleet:shaping": SHAPING})
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +72,16 @@ def host(suite):
 @pytest.fixture(scope="module")
 def network(host, tmp_path_factory):
     """The DNS server (the host's resolver) and the fake receivers, inside the namespace."""
-    folder = tmp_path_factory.mktemp("shaping")
-    (folder / "zone").write_text(ZONE)
-    dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
-    receivers = _start(host, "countingsink.py", "--log", str(folder / "events"),
-                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
-    try:
-        yield folder / "events"
-    finally:
-        _stop(receivers)
-        _stop(dns)
+    with receiving(host, tmp_path_factory.mktemp("shaping"), zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")
 def deployed(host, network):
-    host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
+    use_test_resolver(host, DNS_IP)
     mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
     run = run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="shaping")
-    # The smtp clients run chrooted: their resolver reads the queue directory's copy.
-    host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
+    use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
     return run
 
 

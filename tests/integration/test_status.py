@@ -22,7 +22,7 @@ import pytest
 
 from harness import run_program
 from integration.test_apply import StatefulMocks
-from integration.test_shaping import _start, _stop
+from integration.receiving import start, stop
 from integration.testhost import booted
 
 pytestmark = pytest.mark.integration
@@ -122,11 +122,11 @@ def dns(host, deployed, tmp_path_factory):
     (folder / "resolv.conf").write_text(f"nameserver {DNS_IP}\n")
     (folder / "outputs.json").write_text(json.dumps(deployed.outputs))
     (folder / "config.json").write_text(json.dumps(config_for(host)))
-    server = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
+    server = start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
     try:
         yield folder
     finally:
-        _stop(server)
+        stop(server)
 
 
 def run_status(host, folder: Path, *extra: str) -> subprocess.CompletedProcess:

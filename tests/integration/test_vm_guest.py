@@ -309,7 +309,7 @@ def test_a_wrong_interface_name_or_no_cloud_init_fails_before_postfix(guest, dep
         apply(guest, [FIRST, ADDED], interface="ens224")
     _quiet_about(str(failed.value))
     assert f"VM {VM} has no interface ens224 (it has: lo {INTERFACE} )" in str(failed.value)
-    assert f"set network.interface to the template's NIC name" in str(failed.value)
+    assert "set network.interface to the template's NIC name" in str(failed.value)
     assert file_states(guest) == files
     guest.run("mv /usr/bin/cloud-init /usr/bin/cloud-init.hidden")
     try:

@@ -18,9 +18,9 @@ import time
 import pytest
 
 from harness import run_program
-from integration.countingsink import counts, read_events
+from integration.receiving import counts, direct_config, read_events, receiving, use_test_resolver
 from integration.test_apply import StatefulMocks
-from integration.test_shaping import DNS_IP, RECEIVERS, RELAY_CLIENT, ZONE, _start, _stop, message
+from integration.test_shaping import DNS_IP, RECEIVERS, RELAY_CLIENT, ZONE, message
 from integration.testhost import TestHost, booted
 
 pytestmark = pytest.mark.integration
@@ -41,19 +41,9 @@ STATUS = "/var/lib/mailfleet/warmup/postfix-43.json"
 figures: dict[str, object] = {}
 
 
-def config_for(host: TestHost, instances: list[dict]) -> dict[str, str]:
-    config = {
-        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": instances}],
-        "mailfleet:sshPrivateKey": host.ssh_private_key,
-        "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
-        "mailfleet:relayNetworks": ["198.51.100.0/24"],
-    }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
 def apply(host: TestHost, instances: list[dict]) -> str:
     mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
-    run_program(config_for(host, instances), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="warmup")
+    run_program(direct_config(host, instances), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="warmup")
     return "\n".join(e.get("stdout") or "" for e in mocks.log if e["type"] == "command:remote:Command")
 
 
@@ -65,25 +55,17 @@ def host(suite):
 
 @pytest.fixture(scope="module")
 def network(host, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("warmup")
-    (folder / "zone").write_text(ZONE)
-    dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
-    receivers = _start(host, "countingsink.py", "--log", str(folder / "events"),
-                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
-    try:
-        yield folder / "events"
-    finally:
-        _stop(receivers)
-        _stop(dns)
+    with receiving(host, tmp_path_factory.mktemp("warmup"), zone=ZONE, dns_ip=DNS_IP, receivers=RECEIVERS) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")
 def deployed(host, network):
-    host.run(f"echo 'nameserver {DNS_IP}' > /etc/resolv.conf")
+    use_test_resolver(host, DNS_IP)
     started = time.monotonic()
     apply(host, [WARM, OTHER])
     figures["first apply s"] = round(time.monotonic() - started, 1)
-    host.run("for d in /var/spool/postfix-4*; do mkdir -p $d/etc && cp /etc/resolv.conf $d/etc/resolv.conf; done")
+    use_test_resolver(host, DNS_IP)  # again, for the instances' chroots
 
 
 def send(host: TestHost, ip: str, burst: dict[str, int], tag: str) -> list[str]:
