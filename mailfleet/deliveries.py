@@ -255,10 +255,24 @@ class DeliveryLog:
                 self.pending.append(line(record))
 
     def follow(self):
-        command = ["journalctl", "--follow", "--no-tail", "--all", "--output=json",
-                   "--output-fields=MESSAGE,SYSLOG_IDENTIFIER", *(f"_COMM={name}" for name in PROCESSES)]
-        # First start: this boot's lines so far; later: exactly after the last entry read.
-        command += [f"--after-cursor={self.cursor}"] if self.cursor else [f"_BOOT_ID={self.boot_id}"]
+        journal = ["journalctl", "--all", "--output=json", "--output-fields=MESSAGE,SYSLOG_IDENTIFIER",
+                   *(f"_COMM={name}" for name in PROCESSES)]
+        # From the checkpoint to now, across boots: what a reboot left unread of the last one.
+        if self.cursor:
+            self.read(journal + [f"--after-cursor={self.cursor}"], follow=False)
+        # Then this boot, followed: exactly after the last entry read, or (first start) all of it.
+        # Always with --boot=ID: without one, --follow keeps to the boot that the process's own
+        # /proc/sys/kernel/random/boot_id names, and in a container a sandboxed service's /proc
+        # (ProtectProc=, ProtectKernelTunables=) shows the host kernel's id, not the container's:
+        # no entry at all (Debian 12 under systemd-nspawn).
+        position = [f"--after-cursor={self.cursor}"] if self.cursor else ["--no-tail"]
+        self.read(journal + ["--follow", f"--boot={self.boot_id}", *position], follow=True)
+        # Only whole entries were taken: what was read is all written before the exit.
+        self.checkpoint()
+
+    def read(self, command: list[str], follow: bool):
+        """journalctl's entries into the log, checkpointed in batches, until it ends (not
+        following) or the service stops."""
         journal = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         fd, buffered, last, saved = journal.stdout.fileno(), b"", time.monotonic(), self.cursor
         poller = select.poll()
@@ -268,7 +282,9 @@ class DeliveryLog:
                 if poller.poll(BATCH_SECONDS * 1000):
                     chunk = os.read(fd, 1 << 20)
                     if not chunk:
-                        raise SystemExit(f"journalctl ended ({journal.wait()})")
+                        if follow:
+                            raise SystemExit(f"journalctl ended ({journal.wait()})")
+                        break
                     *lines, buffered = (buffered + chunk).split(b"\n")
                     for raw in lines:
                         if raw:
@@ -282,7 +298,6 @@ class DeliveryLog:
         finally:
             journal.terminate()
             journal.wait()
-        # Only whole entries were taken: what was read is all written before the exit.
         self.checkpoint()
 
 
@@ -299,10 +314,7 @@ def notify(message: str):
 
 def current_boot_id() -> str | None:
     """This boot as the journal names it: that of systemd's (PID 1) newest entry, which is its
-    start of this service. Not `journalctl --boot`, which takes the kernel's boot id from
-    /proc/sys/kernel/random/boot_id: in a container, a sandboxed service's own /proc
-    (ProtectProc=, ProtectKernelTunables=) shows the host kernel's id, not the container's, and
-    journalctl then finds no entry at all (Debian 12 under systemd-nspawn).
+    start of this service; not this process's /proc/sys/kernel/random/boot_id (see follow).
     None when the system journal cannot be read: without the right to, journalctl shows only the
     caller's own entries, and the log would stay empty."""
     result = subprocess.run(["journalctl", "--quiet", "--lines=1", "--output=json",
