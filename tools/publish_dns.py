@@ -36,7 +36,7 @@ from pathlib import Path
 
 # The zone-file formatting is the program's own (the zoneFile output), so both say the same.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mailfleet.dns_records import absolute, presentation_value, zone_line  # noqa: E402
+from mailfleet.dns_records import absolute, presentation_value, quote_txt_chunk, split_txt, zone_line  # noqa: E402
 SUPPORTED_TYPES = ("A", "PTR", "TXT")
 
 

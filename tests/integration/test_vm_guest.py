@@ -250,6 +250,9 @@ def reboot(guest: VmGuest, instances):
     guest.restart()
     state = guest.run("systemctl is-system-running --wait", check=False, timeout=180)[1].strip()
     figures[f"{SUITES[guest.suite]} reboot s"] = round(time.monotonic() - started, 1)
+    # Every unit's start job ended: none waits forever (an ordering cycle drops a job and leaves
+    # what waits for it "starting"; seen with cloud-init's network stage).
+    assert state in ("running", "degraded"), (state, guest.run("systemctl list-jobs --no-legend", check=False)[1])
     # Every instance is back by itself, on its address that cloud-init put back.
     found = listeners(guest)
     missing = [i["name"] for i in instances if f"{i['ip']}:25" not in found]
