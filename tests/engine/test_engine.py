@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from integration.test_apply import (DOMAINS, INSTANCES, RELAY_CLIENT, SINK, assert_each_instance_listens_alone,
-                                     assert_each_instance_sends_signed_mail, file_states, instance_listed,
-                                     listeners, message, service_pids, submit, verify_dkim, wait_for)
+from integration.test_apply import (DOMAINS, INSTANCE_LISTS, INSTANCES, RELAY_CLIENT, SINK,
+                                     assert_each_instance_listens_alone, assert_each_instance_sends_signed_mail,
+                                     file_states, instance_listed, listeners, message, service_pids, submit,
+                                     verify_dkim, wait_for, without_mtimes)
 from integration.testhost import TestHost, booted, skip_or_fail
 
 pytestmark = pytest.mark.engine
@@ -235,7 +236,7 @@ def test_removing_an_instance_runs_its_delete_and_leaves_the_others(host, pulumi
     assert not any(address.startswith("127.0.0.47:") for address in listeners(host))
     assert host.run("test -e /etc/mailfleet/tls/postfix-47.pem", check=False)[0] != 0
     after = file_states(host)
-    left = {p: s for p, s in files.items() if "postfix-47" not in p and p != "/etc/postfix/main.cf"}
+    left = {p: s for p, s in files.items() if "postfix-47" not in p and p not in INSTANCE_LISTS}
     assert {p: after.get(p) for p in left} == left
     assert service_pids(host) == {k: v for k, v in pids.items() if k != "postfix-47"}
     host.clear_sink()
@@ -249,10 +250,6 @@ EDITED = "/etc/postfix-43/main.cf"
 DELETED = "/etc/postfix-45/header_checks"
 OPENED = "/etc/mailfleet/tls/postfix-43.pem"
 before_drift: dict[str, str] = {}  # the managed files as the apply left them
-
-
-def without_mtimes(states: dict[str, str]) -> dict[str, str]:
-    return {path: " ".join(state.split()[:2] + state.split()[3:]) for path, state in states.items()}
 
 
 def test_refresh_names_each_file_that_differs_from_what_mailfleet_installed(host, pulumi, deployed):

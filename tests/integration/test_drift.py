@@ -14,7 +14,7 @@ import pytest
 
 from harness import run_program
 from integration.test_apply import (INSTANCES, RELAY_CLIENT, StatefulMocks, config_for, figures, file_states,
-                                    message, service_pids, submit, verify_dkim, wait_for)
+                                    message, service_pids, submit, verify_dkim, wait_for, without_mtimes)
 from integration.testhost import SUITES, booted
 
 pytestmark = pytest.mark.integration
@@ -88,9 +88,7 @@ def test_the_next_apply_puts_each_file_back(host, deployed, capfd):
                        ("postfix-47-tls", TLS_FILE)):
         assert f"mailtest: ran step {step} again to put back {path}" in printed, printed
     # Content, mode and owner as the first apply left them (mtimes aside: the files are new).
-    def without_mtime(states):
-        return {path: " ".join(state.split()[:2] + state.split()[3:]) for path, state in states.items()}
-    assert without_mtime(file_states(host)) == without_mtime(deployed["files"])
+    assert without_mtimes(file_states(host)) == without_mtimes(deployed["files"])
     assert host.run("postconf -c /etc/postfix-43 -h milter_default_action")[1].strip() == "tempfail"
     # The instances run with their files again: mail through the edited one leaves signed.
     host.clear_sink()

@@ -20,6 +20,7 @@ from integration.test_apply import (DOMAINS, INSTANCES, RELAY_CLIENT, STATE, Sta
                                     file_states, listeners, master_pid, message, service_pids, step_output,
                                     unit, verify_dkim, wait_for)
 from integration.testhost import OUTSIDE_CLIENT_IP, TestHost, booted
+from mailfleet.metrics import QUEUE_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -318,6 +319,8 @@ def test_retiring_an_instance_with_queued_mail_is_refused_until_the_queue_drains
     rc, out, err = fleet["mocks"].run_remote(retire["connection"], retire["delete"])
     assert rc == 0 and f"destroyed instance {name}" in out, (rc, out, err)
     assert name not in host.run("postmulti -l")[1]
-    assert not any(address.startswith(f"{MOVED_IP}:") for address in listeners(host))
+    # Postfix no longer listens there. (Its queue exporter, on the same IP, goes with the metrics
+    # step, which the engine updates before it deletes what left the program: not run here.)
+    assert not [a for a in listeners(host) if a.startswith(f"{MOVED_IP}:") and a != f"{MOVED_IP}:{QUEUE_PORT}"]
     with pytest.raises((OSError, smtplib.SMTPException)):
         host.smtp(MOVED_IP, timeout=3).close()

@@ -157,8 +157,8 @@ def test_a_table_that_breaks_signing_is_rolled_back_and_opendkim_keeps_signing(h
     files, pid = file_states(host), signer_pid(host)
     rendered = signing.files
 
-    def files_with_a_fault(keys, networks):
-        files = rendered(keys, networks)
+    def files_with_a_fault(*args, **kwargs):
+        files = rendered(*args, **kwargs)
         if broken:
             files["/etc/opendkim/SigningTable"] += broken
         else:
