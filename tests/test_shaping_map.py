@@ -106,12 +106,14 @@ def test_the_socketmap_protocol(tmp_path, dns_port):
     path = str(tmp_path / "map.sock")
     thread = threading.Thread(target=shaping_map.serve, args=(group_map(dns_port), path), daemon=True)
     thread.start()
-    for _ in range(100):
-        if (tmp_path / "map.sock").exists():
-            break
-        threading.Event().wait(0.05)
     with socket.socket(socket.AF_UNIX) as client:
-        client.connect(path)
+        # The socket file appears at bind(), a moment before listen(): retry until it accepts.
+        for _ in range(100):
+            try:
+                client.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                threading.Event().wait(0.05)
         stream = client.makefile("rwb")
         for key, answer in (("corp.example", "OK smtp-google:"), ("example.org", "NOTFOUND ")):
             stream.write(netstring(f"transport {key}"))
