@@ -15,6 +15,14 @@ hour; NXDOMAIN and no-MX answers for five minutes). When DNS fails, the answer f
 domain lists and is kept for a minute only. Python's standard library alone (it runs on the
 host, where only python3 is installed): a minimal DNS client for one question type, MX.
 
+Back-off on push-back (mailfleet/backoff.py): each instance also asks, first, under its own name
+    proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:backoff-INSTANCE
+and gets NOTFOUND (its usual routing follows) unless the delivery log service has backed off or
+suspended that instance's path to the recipient's group: then `OK smtp-GROUP-backoff:` (the
+group's slow transport) or `OK retry:4.7.0 ...` (deferred, never bounced) until the back-off's end.
+The back-offs come from a state file (--backoff-state), read again when it changes; an entry
+ends at its time, without any new event.
+
     mailfleet-shaping-map --groups /etc/mailfleet/shaping-map.json --socket /run/mailfleet-shaping/map.sock
     mailfleet-shaping-map --groups FILE --query DOMAIN    (prints the answer, for checks)
     mailfleet-shaping-map --socket PATH --query DOMAIN    (asks the running service: the probe)
@@ -40,6 +48,8 @@ CACHE_ENTRIES = 50_000
 MAX_TTL = 3600
 NEGATIVE_TTL = 300
 FAILURE_TTL = 60
+DEFAULT_GROUP = "default"
+BACKOFF_PREFIX = "backoff-"  # the map name an instance asks for its back-offs: backoff-INSTANCE
 DNS_TIMEOUT = 3.0
 
 
@@ -145,8 +155,43 @@ def lookup_mx(domain: str, servers: list[str], timeout: float = DNS_TIMEOUT, por
     raise DnsError("; ".join(problems))
 
 
+class Backoffs:
+    """The active back-offs per instance, from the delivery log service's state file (mailfleet/
+    backoff.py writes it atomically): read again when its modification time or size changes."""
+
+    def __init__(self, path: str, clock=time.time):
+        self.path, self.clock = path, clock
+        self.seen: tuple | None = None
+        self.by_instance: dict[str, dict[str, dict]] = {}
+        self.lock = threading.Lock()
+
+    def active(self, instance: str) -> dict[str, dict]:
+        try:
+            stat = os.stat(self.path)
+            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            seen = None
+        with self.lock:
+            if seen != self.seen:
+                self.seen, self.by_instance = seen, {}
+                if seen is not None:
+                    try:
+                        with open(self.path) as f:
+                            entries = json.load(f).get("active", [])
+                    except (OSError, ValueError) as error:
+                        print(f"warning: {self.path} unreadable ({error}): no back-off", file=sys.stderr, flush=True)
+                        entries = []
+                    for entry in entries:
+                        self.by_instance.setdefault(entry["instance"], {})[entry["group"]] = entry
+            now = self.clock()
+            return {group: entry for group, entry in self.by_instance.get(instance, {}).items() if entry["until"] > now}
+
+
 class GroupMap:
-    def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic):
+    def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic,
+                 backoffs: Backoffs | None = None, slow: dict[str, str] | None = None):
+        self.groups = {g["transport"]: name for name, g in groups.items()}
+        self.backoffs, self.slow = backoffs, slow or {}
         self.domains = {d: g["transport"] for g in groups.values() for d in g.get("domains", [])}
         self.suffixes = [(s.lower().strip("."), g["transport"]) for g in groups.values() for s in g.get("mxSuffixes", [])]
         self.resolver, self.servers, self.clock = resolver, servers, clock
@@ -196,9 +241,30 @@ class GroupMap:
                 self.cache.popitem(last=False)
         return answer
 
-    def reply(self, request: str) -> str:
-        _, _, key = request.partition(" ")
+    def group(self, key: str) -> str:
+        """The receiver group of a transport_maps key: the default group when no list or MX says."""
         transport = self.transport(key)
+        return self.groups.get(transport, DEFAULT_GROUP)
+
+    def reply(self, request: str) -> str:
+        name, _, key = request.partition(" ")
+        if name.startswith(BACKOFF_PREFIX):
+            return self.backoff_reply(name[len(BACKOFF_PREFIX):], key)
+        transport = self.transport(key)
+        return f"OK {transport}:" if transport else "NOTFOUND "
+
+    def backoff_reply(self, instance: str, key: str) -> str:
+        active = self.backoffs.active(instance) if self.backoffs else {}
+        if not active:
+            return "NOTFOUND "  # the common case: no MX lookup, no group
+        entry = active.get(self.group(key))
+        if entry is None:
+            return "NOTFOUND "
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["until"]))
+        if entry["action"] == "suspend":
+            return (f"OK retry:4.7.0 mailfleet: the {entry['group']} group is suspended on this IP until {until}"
+                    f" (its receivers pushed back)")
+        transport = self.slow.get(entry["group"])
         return f"OK {transport}:" if transport else "NOTFOUND "
 
 
@@ -243,12 +309,12 @@ def serve(groups: GroupMap, path: str):
     server.serve_forever()
 
 
-def ask(path: str, key: str, timeout: float = 10) -> str:
+def ask(path: str, key: str, name: str = "transport", timeout: float = 10) -> str:
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(timeout)
         client.connect(path)
         stream = client.makefile("rwb")
-        stream.write(netstring(f"transport {key}"))
+        stream.write(netstring(f"{name} {key}"))
         stream.flush()
         answer = read_netstring(stream)
     if answer is None:
@@ -261,16 +327,20 @@ def main():
     parser.add_argument("--groups")
     parser.add_argument("--socket")
     parser.add_argument("--query")
+    parser.add_argument("--map", default="transport", help="the map name of --query (backoff-INSTANCE: its back-offs)")
+    parser.add_argument("--backoff-state", help="the delivery log service's back-offs (JSON), read when it changes")
     args = parser.parse_args()
     if args.socket and args.query:
-        print(ask(args.socket, args.query))
+        print(ask(args.socket, args.query, args.map))
         return
     if not args.groups or not (args.socket or args.query):
         parser.error("--groups with --socket (serve) or --query (answer here); or --socket with --query (ask)")
     with open(args.groups) as f:
-        groups = GroupMap(json.load(f)["groups"])
+        settings = json.load(f)
+    groups = GroupMap(settings["groups"], backoffs=Backoffs(args.backoff_state) if args.backoff_state else None,
+                      slow=settings.get("backoffTransports"))
     if args.query:
-        print(groups.reply(f"transport {args.query}"))
+        print(groups.reply(f"{args.map} {args.query}"))
     else:
         serve(groups, args.socket)
 
