@@ -29,9 +29,10 @@ neither cap a group of domains nor keep the group's concurrency.
 Back-off on push-back (mailfleet/backoff.py): a group with a `backoff` rule gets a second, slow
 transport in every instance, `smtp-GROUP-backoff`, with the rule's connections and messages a
 minute (never more than the group's own on that instance) the same way. Switching to it, or to
-Postfix's `retry:` transport for a suspension, is only a routing answer: each instance's
+Postfix's `retry:` transport (deferred, never bounced), is only a routing answer: each instance's
 transport_maps asks the shaping map first under its own name (backoff-INSTANCE), and that answer
-changes while the delivery log service holds a back-off of that instance and group.
+changes while the delivery log service holds a back-off of that instance and group (the map sends
+at most the back-off's rate the slow way, the rest to retry: mailfleet/shaping_map.py says why).
 """
 
 from __future__ import annotations
@@ -137,10 +138,12 @@ def mx_groups(fleet: Fleet) -> dict[str, dict[str, list[str]]]:
             for name, group in fleet.shaping.groups.items() if name != DEFAULT_GROUP}
 
 
-def backoff_transport_names(fleet: Fleet) -> dict[str, str]:
-    """group -> its slow transport, for the shaping map (the groups with a back-off rule)."""
-    return {name: transport_name(name) + BACKOFF_SUFFIX for name, group in fleet.shaping.groups.items()
-            if group.backoff is not None}
+def backoff_transport_names(fleet: Fleet) -> dict[str, dict]:
+    """group -> its slow transport and the back-off's messages a minute, for the shaping map (the
+    groups with a back-off rule), which sends at most that many a minute the slow way."""
+    return {name: {"transport": transport_name(name) + BACKOFF_SUFFIX,
+                   "messagesPerMinute": group.backoff.messages_per_minute}
+            for name, group in fleet.shaping.groups.items() if group.backoff is not None}
 
 
 def push_back(fleet: Fleet, group: str, reply: str) -> str | None:

@@ -18,10 +18,16 @@ host, where only python3 is installed): a minimal DNS client for one question ty
 Back-off on push-back (mailfleet/backoff.py): each instance also asks, first, under its own name
     proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:backoff-INSTANCE
 and gets NOTFOUND (its usual routing follows) unless the delivery log service has backed off or
-suspended that instance's path to the recipient's group: then `OK smtp-GROUP-backoff:` (the
-group's slow transport) or `OK retry:4.7.0 ...` (deferred, never bounced) until the back-off's end.
-The back-offs come from a state file (--backoff-state), read again when it changes; an entry
-ends at its time, without any new event.
+suspended that instance's path to the recipient's group. Suspended: `OK retry:4.7.0 ...` (the
+message is deferred, never bounced, and tried again at its next queue run). Backed off: the
+group's slow transport `OK smtp-GROUP-backoff:` for at most the back-off's messages a minute,
+`retry:` for the others. The bound matters because the queue manager routes a message once, when
+it enters the active queue, and keeps it on that transport until it has been tried: without it
+every deferred message coming back during a back-off would wait in the slow transport's queue,
+long after the back-off has ended. (The count is of answers: a recipient that smtpd resolves at
+RCPT time uses one too, so fewer may go the slow way, never more.) The back-offs come from a
+state file (--backoff-state), read again when it changes; an entry ends at its time, without any
+new event.
 
     mailfleet-shaping-map --groups /etc/mailfleet/shaping-map.json --socket /run/mailfleet-shaping/map.sock
     mailfleet-shaping-map --groups FILE --query DOMAIN    (prints the answer, for checks)
@@ -189,9 +195,11 @@ class Backoffs:
 
 class GroupMap:
     def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic,
-                 backoffs: Backoffs | None = None, slow: dict[str, str] | None = None):
+                 backoffs: Backoffs | None = None, slow: dict[str, dict] | None = None):
         self.groups = {g["transport"]: name for name, g in groups.items()}
+        # group -> {"transport": smtp-GROUP-backoff, "messagesPerMinute": N}
         self.backoffs, self.slow = backoffs, slow or {}
+        self.answered: dict[tuple[str, str], list[float]] = {}  # slow answers in the last minute
         self.domains = {d: g["transport"] for g in groups.values() for d in g.get("domains", [])}
         self.suffixes = [(s.lower().strip("."), g["transport"]) for g in groups.values() for s in g.get("mxSuffixes", [])]
         self.resolver, self.servers, self.clock = resolver, servers, clock
@@ -260,12 +268,26 @@ class GroupMap:
         entry = active.get(self.group(key))
         if entry is None:
             return "NOTFOUND "
+        group = entry["group"]
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["until"]))
-        if entry["action"] == "suspend":
-            return (f"OK retry:4.7.0 mailfleet: the {entry['group']} group is suspended on this IP until {until}"
-                    f" (its receivers pushed back)")
-        transport = self.slow.get(entry["group"])
-        return f"OK {transport}:" if transport else "NOTFOUND "
+        slow = self.slow.get(group)
+        if entry["action"] == "backoff" and slow is None:
+            return "NOTFOUND "  # the group lost its rule (a new configuration): its usual transport
+        if entry["action"] == "backoff" and self._take(instance, group, slow["messagesPerMinute"]):
+            return f"OK {slow['transport']}:"
+        state = "suspended" if entry["action"] == "suspend" else "backing off"
+        return f"OK retry:4.7.0 mailfleet: the {group} group is {state} on this IP until {until} (its receivers pushed back)"
+
+    def _take(self, instance: str, group: str, per_minute: int) -> bool:
+        """One of the back-off's answers for the slow transport in the last minute, if any is left."""
+        now = self.clock()
+        with self.lock:
+            times = [t for t in self.answered.get((instance, group), []) if t > now - 60]
+            taken = len(times) < per_minute
+            if taken:
+                times.append(now)
+            self.answered[(instance, group)] = times
+            return taken
 
 
 def read_netstring(stream) -> bytes | None:

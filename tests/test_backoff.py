@@ -133,7 +133,9 @@ def test_the_delivery_log_service_writes_the_back_offs_and_ends_them(tmp_path, c
 
 GROUPS = {"google": {"transport": "smtp-google", "domains": ["gmail.com"], "mxSuffixes": ["google.com"]},
           "yahoo": {"transport": "smtp-yahoo", "domains": ["yahoo.com"], "mxSuffixes": []}}
-SLOW = {"google": "smtp-google-backoff", "yahoo": "smtp-yahoo-backoff", "default": "smtp-default-backoff"}
+SLOW = {"google": {"transport": "smtp-google-backoff", "messagesPerMinute": 100},
+        "yahoo": {"transport": "smtp-yahoo-backoff", "messagesPerMinute": 100},
+        "default": {"transport": "smtp-default-backoff", "messagesPerMinute": 100}}
 
 
 def test_the_shaping_map_answers_each_instance_its_own_back_offs(tmp_path):
@@ -141,7 +143,7 @@ def test_the_shaping_map_answers_each_instance_its_own_back_offs(tmp_path):
     clock = [T]
     mx = {"corp.example": ([(1, "aspmx.l.google.com")], 300), "plain.example": ([(10, "mx.plain.example")], 300)}
     groups = GroupMap(GROUPS, resolver=lambda domain, servers: mx.get(domain), servers=["127.0.0.1"],
-                      backoffs=Backoffs(str(path), clock=lambda: clock[0]), slow=SLOW)
+                      backoffs=Backoffs(str(path), clock=lambda: clock[0]), slow=SLOW, clock=lambda: clock[0])
 
     def ask(instance, key):
         return groups.reply(f"backoff-{instance} {key}")
@@ -168,6 +170,25 @@ def test_the_shaping_map_answers_each_instance_its_own_back_offs(tmp_path):
     assert ask("postfix-43", "d@plain.example") == "NOTFOUND "
 
 
+def test_a_back_off_sends_at_most_its_rate_the_slow_way_and_the_rest_waits_in_the_queue(tmp_path):
+    path = tmp_path / "state.json"
+    clock = [T]
+    slow = {"google": {"transport": "smtp-google-backoff", "messagesPerMinute": 3}}
+    groups = GroupMap(GROUPS, resolver=lambda domain, servers: None, servers=["127.0.0.1"],
+                      backoffs=Backoffs(str(path), clock=lambda: clock[0]), slow=slow, clock=lambda: clock[0])
+    p = pushback()
+    p.observe(record(), T)
+    p.observe(record(instance="postfix-45"), T)
+    backoff.write_state(str(path), p.state())
+    answers = [groups.reply(f"backoff-postfix-43 u{n}@gmail.com") for n in range(5)]
+    assert answers[:3] == ["OK smtp-google-backoff:"] * 3
+    assert answers[3:] == ["OK retry:4.7.0 mailfleet: the google group is backing off on this IP until "
+                           "2026-12-05T09:30:00Z (its receivers pushed back)"] * 2
+    assert groups.reply("backoff-postfix-45 u@gmail.com") == "OK smtp-google-backoff:"  # its own count
+    clock[0] = T + 60
+    assert groups.reply("backoff-postfix-43 u9@gmail.com") == "OK smtp-google-backoff:"
+
+
 def test_each_instance_asks_its_back_offs_first_and_each_group_with_a_rule_has_a_slow_transport():
     fleet = fleet_with(**{
         "mailfleet:shaping": {"groups": {"google": {"backoff": {"connections": 2, "messagesPerMinute": 6}},
@@ -190,7 +211,8 @@ def test_each_instance_asks_its_back_offs_first_and_each_group_with_a_rule_has_a
     assert "\nsmtp-google-backoff unix  -       -       y       -       1       smtp\n" in render.instance_master_cf(fleet, cold)
     # The map knows the slow transports, the delivery log service the rules, the state file and the instances.
     map_files = render.shaping_map_files(fleet)
-    assert json.loads(map_files[render.SHAPING_MAP_GROUPS])["backoffTransports"]["default"] == "smtp-default-backoff"
+    assert json.loads(map_files[render.SHAPING_MAP_GROUPS])["backoffTransports"]["default"] == {
+        "transport": "smtp-default-backoff", "messagesPerMinute": 1}
     assert "--backoff-state /var/lib/mailfleet-backoff/state.json" in map_files[render.SHAPING_MAP_UNIT_FILE]
     host = fleet.hosts[0]
     config = json.loads(render.deliveries_config(fleet, host))["pushBack"]

@@ -8,6 +8,9 @@ Run inside the test namespace:
 FILE gets one JSON line per event, written as it happens:
     {"t": seconds, "receiver": NAME, "peer": IP, "conn": N, "event": "open" | "mail" | "message" | "close"}
 ("mail" is MAIL FROM: a transaction begins; "message" its end, accepted; "close" QUIT or EOF).
+With --push-back NAME=N=REPLY, receiver NAME answers RCPT TO with REPLY (lines separated by "|")
+while it has accepted N messages from that source IP in the last 60 s, as a receiver that pushes
+back beyond a rate does (event "pushback"); the client's MAIL FROM then ends with RSET or QUIT.
 A small SMTP server of its own (no TLS offered, so clients send in plain text): aiosmtpd does not
 expose the connection's life, which is what is counted here.
 """
@@ -20,9 +23,22 @@ import time
 
 
 class Receivers:
-    def __init__(self, log):
+    def __init__(self, log, push_back=None):
         self.log = log
         self.connections = 0
+        self.push_back = push_back or {}  # receiver -> (messages a minute, reply)
+        self.accepted: dict[tuple[str, str], list[float]] = {}
+
+    def pushes_back(self, receiver, peer):
+        if receiver not in self.push_back:
+            return None
+        limit, reply = self.push_back[receiver]
+        now = time.time()
+        recent = self.accepted[(receiver, peer)] = [t for t in self.accepted.get((receiver, peer), []) if t > now - 60]
+        if len(recent) < limit:
+            return None
+        lines = reply.split("|")
+        return "".join(f"{line}\r\n" for line in lines).encode()
 
     def record(self, receiver, peer, conn, event):
         self.log.write(json.dumps({"t": time.time(), "receiver": receiver, "peer": peer, "conn": conn,
@@ -50,6 +66,7 @@ class Receivers:
                         while (data := await reader.readline()) not in (b".\r\n", b".\n", b""):
                             pass
                         self.record(receiver, peer, conn, "message")
+                        self.accepted.setdefault((receiver, peer), []).append(time.time())
                         writer.write(b"250 2.0.0 accepted\r\n")
                     elif verb == b"QUIT":
                         # Closed as the client says so: it waits for the 221 (smtp_skip_quit_response=no).
@@ -58,6 +75,9 @@ class Receivers:
                         writer.write(b"221 2.0.0 bye\r\n")
                         await writer.drain()
                         break
+                    elif verb == b"RCPT" and (reply := self.pushes_back(receiver, peer)):
+                        self.record(receiver, peer, conn, "pushback")
+                        writer.write(reply)
                     else:  # RCPT, RSET, NOOP
                         if verb == b"RSET":
                             self.record(receiver, peer, conn, "rset")
@@ -72,9 +92,9 @@ class Receivers:
         return session
 
 
-async def serve(log_path, listens):
+async def serve(log_path, listens, push_back=None):
     with open(log_path, "a") as log:
-        receivers = Receivers(log)
+        receivers = Receivers(log, push_back)
         servers = []
         for name, address in listens:
             host, _, port = address.partition(":")
@@ -93,8 +113,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--log", required=True)
     parser.add_argument("--listen", action="append", required=True, help="NAME=ADDRESS[:PORT]")
+    parser.add_argument("--push-back", action="append", default=[], help="NAME=MESSAGES_A_MINUTE=REPLY")
     args = parser.parse_args()
-    asyncio.run(serve(args.log, [tuple(item.split("=", 1)) for item in args.listen]))
+    push_back = {name: (int(limit), reply) for name, limit, reply in (item.split("=", 2) for item in args.push_back)}
+    asyncio.run(serve(args.log, [tuple(item.split("=", 1)) for item in args.listen], push_back))
 
 
 if __name__ == "__main__":
@@ -136,7 +158,7 @@ def counts(events: list[dict]) -> dict[tuple[str, str], dict]:
             entry["max_connections"] = max(entry["max_connections"], open_now[key])
         elif event["event"] == "close":
             open_now[key] -= 1
-        else:
+        elif event["event"] == "message":  # not "pushback": a refused recipient is no message
             entry["messages"] += 1
             per_connection[event["conn"]] = per_connection.get(event["conn"], 0) + 1
             entry["max_per_connection"] = max(entry["max_per_connection"], per_connection[event["conn"]])
