@@ -129,8 +129,18 @@ def run(host, deployed, network):
     figures["delivered s"] = round(time.time() - started, 1)
     host.run("for d in /etc/postfix-4*; do n=0; until postqueue -c $d -p | grep -q 'Mail queue is empty';"
              " do n=$((n+1)); [ $n -gt 60 ] && break; sleep 1; done; done")
+    deadline = time.monotonic() + 300  # the back-offs end at their time, with no new event
+    while active(host) and time.monotonic() < deadline:
+        time.sleep(2)
     postconf_all(host, "-X " + " ".join(FAST_RETRIES))
     journal = host.run("journalctl --no-pager -o cat -u mailfleet-deliveries", check=False)[1]
+    # For a failure's diagnosis: the instance's attempts to the pushing receivers, and the events.
+    attempts = host.run("journalctl --no-pager -o short-unix SYSLOG_IDENTIFIER=postfix-43/smtp-google/smtp "
+                        "SYSLOG_IDENTIFIER=postfix-43/smtp-google-backoff/smtp SYSLOG_IDENTIFIER=postfix-43/retry "
+                        "SYSLOG_IDENTIFIER=postfix-43/smtp-microsoft/smtp SYSLOG_IDENTIFIER=postfix-43/qmgr "
+                        "| grep -E 'gmail|outlook' | grep -E 'status=|warning' | cut -c1-260", check=False)[1]
+    (network.parent / "attempts.log").write_text(attempts + "\n" + journal)
+    print(f"\nbackoff: the attempts and the service's journal are in {network.parent / 'attempts.log'}")
     figures["service lines"] = [line for line in journal.splitlines() if "group" in line]
     # Where each ended: later push-back replies may have pushed the end out after it was first seen.
     ended = {group: calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) for group, stamp in
