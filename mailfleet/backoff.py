@@ -62,6 +62,7 @@ class PushBack:
                               for action, rule in own.items()} for group, own in rules.items()}
         self.instances = set(instances)
         self.active: dict[tuple[str, str], dict] = {}
+        self.changed = False  # since the state was last written (the caller resets it)
 
     def match(self, group: str, reply: str) -> tuple[str, str, int] | None:
         """(action, the pattern that matched, minutes) for a reply of the group's receivers, or None."""
@@ -96,9 +97,11 @@ class PushBack:
             if current["action"] == action:
                 if until > current["until"]:
                     current.update(until=until, pattern=pattern)
+                    self.changed = True
                 return []  # still the same back-off: it ends later, no new line
         self.active[key] = {"instance": instance, "group": group, "action": action, "pattern": pattern,
                             "since": at, "until": until}
+        self.changed = True
         verb = "suspended" if action == "suspend" else "backed off"
         return [f"{instance}: {verb} the {group} group until {stamp(until)} (reply matched {pattern!r}: {reply[:200]})"]
 
@@ -108,6 +111,7 @@ class PushBack:
         for key, entry in sorted(self.active.items()):
             if entry["until"] <= now:
                 del self.active[key]
+                self.changed = True
                 what = "suspension" if entry["action"] == "suspend" else "back-off"
                 lines.append(f"{entry['instance']}: the {entry['group']} group's {what} ended at {stamp(entry['until'])}"
                              f" (pattern {entry['pattern']!r}): its own limits again")
@@ -122,6 +126,7 @@ class PushBack:
             if entry.get("until", 0) > now and entry.get("action") in self.rules.get(entry.get("group"), {}) \
                     and entry.get("instance") in self.instances:
                 self.active[(entry["instance"], entry["group"])] = dict(entry)
+        self.changed = True  # written again less what has ended
 
 
 def read_state(path: str) -> dict:

@@ -194,7 +194,6 @@ class DeliveryLog:
                  pushback_path: str | None = None, clock=time.time):
         self.tracker, self.log_path, self.state_path = tracker, log_path, state_path
         self.pushback, self.pushback_path, self.clock = pushback, pushback_path, clock
-        self.pushback_changed = False
         self.cursor: str | None = None
         self.skip = 0
         self.pending: list[str] = []
@@ -215,8 +214,7 @@ class DeliveryLog:
         if written:
             self.skip = self._lines_past(written["inode"], written["offset"])
         if self.pushback:
-            self.pushback.restore(read_state(self.pushback_path), self.clock())
-            self.pushback_changed = True  # written at the first checkpoint, less what has ended meanwhile
+            self.pushback.restore(read_state(self.pushback_path), self.clock())  # written at the first checkpoint
         self._open()
 
     def _lines_past(self, inode: int, offset: int) -> int:
@@ -243,9 +241,9 @@ class DeliveryLog:
         self.log = os.fdopen(fd, "a", encoding="utf-8")
 
     def checkpoint(self):
-        if self.pushback_changed:
+        if self.pushback and self.pushback.changed:  # started, pushed out or ended
             write_state(self.pushback_path, self.pushback.state())
-            self.pushback_changed = False
+            self.pushback.changed = False
         if self.pending:
             self.log.write("".join(self.pending))
             self.pending = []
@@ -274,16 +272,16 @@ class DeliveryLog:
             else:
                 self.pending.append(line(record))
 
-    def _say(self, lines: list[str]):
+    @staticmethod
+    def _say(lines: list[str]):
         for text in lines:
             print(text, flush=True)
-            self.pushback_changed = True
 
     def expire(self):
         """Back-offs end at their time, whether or not anything is logged meanwhile."""
         if self.pushback:
             self._say(self.pushback.expire(self.clock()))
-            if self.pushback_changed:
+            if self.pushback.changed:
                 self.checkpoint()
 
     def follow(self):

@@ -47,10 +47,14 @@ def test_a_matching_reply_backs_off_that_instance_and_group_only():
 def test_a_later_match_pushes_the_end_out_without_a_new_line():
     p = pushback()
     p.observe(record(), T)
+    assert p.changed
+    p.changed = False
     assert p.observe(record(600), T + 600) == []
     assert p.active[("postfix-43", "google")]["until"] == T + 600 + 90 * 60
+    assert p.changed  # the state file is written again: the shaping map must see the new end
+    p.changed = False
     assert p.observe(record(300), T + 600) == []  # an older record never shortens it
-    assert p.active[("postfix-43", "google")]["until"] == T + 600 + 90 * 60
+    assert p.active[("postfix-43", "google")]["until"] == T + 600 + 90 * 60 and not p.changed
 
 
 def test_suspend_beats_backoff_both_ways():
@@ -123,10 +127,18 @@ def test_the_delivery_log_service_writes_the_back_offs_and_ends_them(tmp_path, c
     assert (active["instance"], active["group"], active["action"], active["until"]) == \
         ("postfix-43", "google", "backoff", T + 90 * 60)
     assert "postfix-43: backed off the google group until 2026-12-05T09:30:00Z" in capsys.readouterr().out
-    clock[0] = T + 90 * 60  # no new event: the service's tick ends it
+    # A later 421 pushes the end out, in the file too, without a new line.
+    later = entries([lines[1]])[0]
+    later.update({"__REALTIME_TIMESTAMP": str(int((T + 60) * 1_000_000)), "__CURSOR": "c9"})
+    clock[0] = T + 60
+    service.entry(later)
+    service.checkpoint()
+    assert json.loads(state.read_text())["active"][0]["until"] == T + 60 + 90 * 60
+    assert capsys.readouterr().out == ""
+    clock[0] = T + 91 * 60  # no new event: the service's tick ends it
     service.expire()
     assert json.loads(state.read_text())["active"] == []
-    assert "postfix-43: the google group's back-off ended at 2026-12-05T09:30:00Z" in capsys.readouterr().out
+    assert "postfix-43: the google group's back-off ended at 2026-12-05T09:31:00Z" in capsys.readouterr().out
     service.expire()
     assert capsys.readouterr().out == ""
 

@@ -50,7 +50,7 @@ class Receivers:
             self.connections += 1
             conn, peer = self.connections, writer.get_extra_info("peername")[0]
             self.record(receiver, peer, conn, "open")
-            closed = False
+            closed, recipients = False, 0
             try:
                 writer.write(f"220 {receiver}.test ESMTP counting sink\r\n".encode())
                 while line := await reader.readline():
@@ -59,7 +59,10 @@ class Receivers:
                         writer.write(f"250-{receiver}.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".encode())
                     elif verb == b"MAIL":
                         self.record(receiver, peer, conn, "mail")
+                        recipients = 0
                         writer.write(b"250 2.0.0 ok\r\n")
+                    elif verb == b"DATA" and not recipients:  # every RCPT pushed back (pipelined DATA)
+                        writer.write(b"554 5.5.1 no valid recipients\r\n")
                     elif verb == b"DATA":
                         writer.write(b"354 go ahead\r\n")
                         await writer.drain()
@@ -79,6 +82,7 @@ class Receivers:
                         self.record(receiver, peer, conn, "pushback")
                         writer.write(reply)
                     else:  # RCPT, RSET, NOOP
+                        recipients += verb == b"RCPT"
                         if verb == b"RSET":
                             self.record(receiver, peer, conn, "rset")
                         writer.write(b"250 2.0.0 ok\r\n")

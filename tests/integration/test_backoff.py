@@ -19,11 +19,11 @@ import time
 import pytest
 
 from harness import run_program
-from integration.countingsink import counts, read_events
 from integration.test_apply import StatefulMocks
-from integration.test_shaping import (DNS_IP, INSTANCES, RECEIVERS, RELAY_CLIENT, ZONE, _start, _stop, message,
-                                      wait_for_messages)
-from integration.testhost import TestHost, booted
+from integration.test_shaping import host  # noqa: F401 (the module's host: test_shaping's, booted anew)
+from integration.test_shaping import (DNS_IP, INSTANCES, RECEIVERS, RELAY_CLIENT, config_for, dns_and_receivers,
+                                      message, wait_for_messages)
+from integration.testhost import TestHost
 
 pytestmark = pytest.mark.integration
 
@@ -47,41 +47,16 @@ STATE: dict[str, dict] = {}
 figures: dict[str, object] = {}
 
 
-def config_for(host: TestHost) -> dict[str, str]:
-    config = {
-        "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": INSTANCES}],
-        "mailfleet:sshPrivateKey": host.ssh_private_key,
-        "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
-        "mailfleet:relayNetworks": ["198.51.100.0/24"],
-        "mailfleet:shaping": SHAPING,
-    }
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
-@pytest.fixture(scope="module")
-def host(suite):
-    with booted(ips=[i["ip"] for i in INSTANCES] + [RELAY_CLIENT], suite=suite) as test_host:
-        yield test_host
-
-
 @pytest.fixture(scope="module")
 def network(host, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("backoff")
-    (folder / "zone").write_text(ZONE)
-    dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
-    receivers = _start(host, "countingsink.py", "--log", str(folder / "events"),
-                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()),
-                       f"--push-back=google={GMAIL_LIMIT}={GMAIL_421}", f"--push-back=microsoft={OUTLOOK_LIMIT}={OUTLOOK_BLOCK}")
-    try:
-        yield folder / "events"
-    finally:
-        _stop(receivers)
-        _stop(dns)
+    with dns_and_receivers(host, tmp_path_factory.mktemp("backoff"), f"--push-back=google={GMAIL_LIMIT}={GMAIL_421}",
+                           f"--push-back=microsoft={OUTLOOK_LIMIT}={OUTLOOK_BLOCK}") as events:
+        yield events
 
 
 def apply(host: TestHost) -> StatefulMocks:
     mocks = StatefulMocks(host.connect, STATE.setdefault(host.suite, {}))
-    run_program(config_for(host), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="backoff")
+    run_program(config_for(host, SHAPING), mocks, secret_keys=["mailfleet:sshPrivateKey"], stack="backoff")
     return mocks
 
 

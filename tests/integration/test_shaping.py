@@ -10,6 +10,7 @@ source IP, simultaneous connections, messages per connection, messages in any mi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -62,13 +63,13 @@ figures: dict[str, object] = {}
 STATE: dict[str, dict] = {}  # per suite: keys and certificates kept between applies, as the engine keeps them
 
 
-def config_for(host: TestHost) -> dict[str, str]:
+def config_for(host: TestHost, shaping: dict = SHAPING) -> dict[str, str]:
     config = {
         "mailfleet:hosts": [{"name": "mailtest", "address": "127.0.0.1", "instances": INSTANCES}],
         "mailfleet:sshPrivateKey": host.ssh_private_key,
         "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
         "mailfleet:relayNetworks": ["198.51.100.0/24"],
-        "mailfleet:shaping": SHAPING,
+        "mailfleet:shaping": shaping,
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
@@ -97,19 +98,25 @@ def host(suite):
         yield test_host
 
 
-@pytest.fixture(scope="module")
-def network(host, tmp_path_factory):
-    """The DNS server (the host's resolver) and the fake receivers, inside the namespace."""
-    folder = tmp_path_factory.mktemp("shaping")
+@contextlib.contextmanager
+def dns_and_receivers(host: TestHost, folder: Path, *sink_options: str):
+    """The DNS server (the host's resolver) and the fake receivers, inside the namespace: yields
+    the receivers' event file."""
     (folder / "zone").write_text(ZONE)
     dns = _start(host, "dnsserver.py", "--zone", str(folder / "zone"), "--address", DNS_IP)
     receivers = _start(host, "countingsink.py", "--log", str(folder / "events"),
-                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()))
+                       *(f"--listen={name}={address}" for name, address in RECEIVERS.items()), *sink_options)
     try:
         yield folder / "events"
     finally:
         _stop(receivers)
         _stop(dns)
+
+
+@pytest.fixture(scope="module")
+def network(host, tmp_path_factory):
+    with dns_and_receivers(host, tmp_path_factory.mktemp("shaping")) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")
