@@ -94,7 +94,7 @@ class MailHost(pulumi.ComponentResource):
         warmup = remote_step(f"{name}-warmup", connection, ssh_user, remote_scripts.warmup(fleet, host),
                              delete_script=remote_scripts.warmup_delete(), parent=self, depends_on=[shaping_map])
         # The delivery log reads the journal only: it needs no instance, and no instance waits for it.
-        deliveries = remote_step(f"{name}-deliveries", connection, ssh_user, remote_scripts.deliveries(host),
+        deliveries = remote_step(f"{name}-deliveries", connection, ssh_user, remote_scripts.deliveries(fleet, host),
                                  delete_script=remote_scripts.deliveries_delete(), parent=self, depends_on=[packages])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(

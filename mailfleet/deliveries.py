@@ -7,7 +7,8 @@ agent's to=/relay=/delay=/dsn=/status=) and appends one record per recipient per
 log file: compact JSON, the keys of KEYS in that order (docs/host.md describes each).
 
 The receiver group of an attempt comes from the log tag: each group's transport (smtp-GROUP) runs
-with syslog_name ${multi_instance_name}/smtp-GROUP, so its lines read `postfix-43/smtp-google/smtp`.
+with syslog_name ${multi_instance_name}/smtp-GROUP, so its lines read `postfix-43/smtp-google/smtp`
+(and `postfix-43/smtp-google-backoff/smtp` while that group is backed off: still group google).
 
 Exactly once across restarts: records are written in batches, and after each batch a checkpoint
 (atomic rename) holds the journal cursor of the last entry read, the per-queue-id memory, and the
@@ -18,6 +19,12 @@ and sends SIGHUP (ExecReload); until then lines go to the renamed file, then to 
 is lost, unlike copytruncate, which loses what is written between its copy and its truncate.
 
 It only reads the journal, which Postfix writes to whatever happens here: it cannot block Postfix.
+
+Back-off on push-back: when the settings name rules (pushBack), each record also goes to
+mailfleet/backoff.py, which decides whether the receiver's reply backs off or suspends that
+instance's path to that group; the active back-offs are written to a state file (before the
+checkpoint, so a crash between the two makes them again) that the shaping map reads, and a line
+goes to the journal when one starts and when it ends (checked every second, without a new event).
 
     mailfleet-deliveries --config /etc/mailfleet/deliveries.json --log FILE --state FILE
     mailfleet-deliveries --config FILE --parse < journalctl-json-lines   (records on stdout, for checks)
@@ -38,9 +45,11 @@ import time
 from collections import OrderedDict
 
 try:
+    from mailfleet.backoff import BACKOFF_SUFFIX, PushBack, read_state, write_state
     from mailfleet.bounces import classify
 except ImportError:  # on a host (python3 -I: no script directory on the path): installed beside it
     sys.path[:0] = ["/usr/local/lib/mailfleet-deliveries", os.path.dirname(os.path.abspath(__file__))]
+    from backoff import BACKOFF_SUFFIX, PushBack, read_state, write_state  # type: ignore[no-redef]
     from bounces import classify  # type: ignore[no-redef]
 
 KEYS = ("time", "host", "instance", "ip", "queue_id", "message_id", "sender", "recipient", "domain", "group",
@@ -131,7 +140,7 @@ class Tracker:
         domain = recipient.rpartition("@")[2].lower().rstrip(".")
         service = parts[1] if len(parts) >= 3 else parts[-1]
         if service.startswith("smtp-"):
-            group = service[5:]
+            group = service[5:].removesuffix(BACKOFF_SUFFIX)  # the group's slow transport is the group too
             if self.groups.get(domain) != group:
                 self.groups[domain] = group
                 while len(self.groups) > DOMAINS:
@@ -181,8 +190,10 @@ def journal_text(value) -> str:
 
 
 class DeliveryLog:
-    def __init__(self, tracker: Tracker, log_path: str, state_path: str, boot_id: str):
+    def __init__(self, tracker: Tracker, log_path: str, state_path: str, boot_id: str,
+                 pushback: PushBack | None = None, pushback_path: str | None = None, clock=time.time):
         self.tracker, self.log_path, self.state_path, self.boot_id = tracker, log_path, state_path, boot_id
+        self.pushback, self.pushback_path, self.clock = pushback, pushback_path, clock
         self.cursor: str | None = None
         self.skip = 0
         self.pending: list[str] = []
@@ -202,6 +213,8 @@ class DeliveryLog:
         written = state.get("file")
         if written:
             self.skip = self._lines_past(written["inode"], written["offset"])
+        if self.pushback:
+            self.pushback.restore(read_state(self.pushback_path), self.clock())  # written at the first checkpoint
         self._open()
 
     def _lines_past(self, inode: int, offset: int) -> int:
@@ -228,6 +241,9 @@ class DeliveryLog:
         self.log = os.fdopen(fd, "a", encoding="utf-8")
 
     def checkpoint(self):
+        if self.pushback and self.pushback.changed:  # started, pushed out or ended
+            write_state(self.pushback_path, self.pushback.state())
+            self.pushback.changed = False
         if self.pending:
             self.log.write("".join(self.pending))
             self.pending = []
@@ -249,10 +265,24 @@ class DeliveryLog:
                                      journal_text(fields.get("MESSAGE")))
         self.cursor = fields["__CURSOR"]
         for record in records:
+            if self.pushback:
+                self._say(self.pushback.observe(record, self.clock()))
             if self.skip:
                 self.skip -= 1
             else:
                 self.pending.append(line(record))
+
+    @staticmethod
+    def _say(lines: list[str]):
+        for text in lines:
+            print(text, flush=True)
+
+    def expire(self):
+        """Back-offs end at their time, whether or not anything is logged meanwhile."""
+        if self.pushback:
+            self._say(self.pushback.expire(self.clock()))
+            if self.pushback.changed:
+                self.checkpoint()
 
     def follow(self):
         journal = ["journalctl", "--all", "--output=json", "--output-fields=MESSAGE,SYSLOG_IDENTIFIER",
@@ -289,6 +319,7 @@ class DeliveryLog:
                     for raw in lines:
                         if raw:
                             self.entry(json.loads(raw))
+                self.expire()
                 now = time.monotonic()
                 if self.reopen or len(self.pending) >= BATCH_RECORDS or now - last >= BATCH_SECONDS:
                     if self.pending or self.reopen or self.cursor != saved:
@@ -325,10 +356,13 @@ def current_boot_id() -> str | None:
     return json.loads(result.stdout.splitlines()[-1])["_BOOT_ID"]
 
 
-def read_config(path: str) -> Tracker:
+def read_config(path: str) -> tuple[Tracker, PushBack | None, str | None]:
+    """The tracker; the back-off rules and their state file, when the settings have them."""
     with open(path) as f:
         config = json.load(f)
-    return Tracker(config["host"], config["instances"])
+    rules = config.get("pushBack")
+    pushback = PushBack(rules["rules"], rules["instances"]) if rules else None
+    return Tracker(config["host"], config["instances"]), pushback, rules["state"] if rules else None
 
 
 def main():
@@ -338,7 +372,7 @@ def main():
     parser.add_argument("--state", help="the checkpoint: journal cursor, per-queue-id memory, log offset")
     parser.add_argument("--parse", action="store_true", help="records of journalctl JSON lines on stdin, to stdout")
     args = parser.parse_args()
-    tracker = read_config(args.config)
+    tracker, pushback, pushback_path = read_config(args.config)
     if args.parse:
         for raw in sys.stdin:
             fields = json.loads(raw)
@@ -351,7 +385,7 @@ def main():
     boot_id = current_boot_id()
     if boot_id is None:
         raise SystemExit("cannot read the system journal (the service runs in group systemd-journal)")
-    service = DeliveryLog(tracker, args.log, args.state, boot_id)
+    service = DeliveryLog(tracker, args.log, args.state, boot_id, pushback, pushback_path)
     service.load()
     service.checkpoint()
 
@@ -365,7 +399,9 @@ def main():
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reopen)
     print(f"following the journal {'after the checkpoint' if service.cursor else 'from this boot'}; "
-          f"{len(tracker.messages)} messages remembered, {service.skip} records already written", flush=True)
+          f"{len(tracker.messages)} messages remembered, {service.skip} records already written"
+          + (f"; {len(pushback.active)} back-offs active, rules for {', '.join(sorted(pushback.rules))}"
+             if pushback else ""), flush=True)
     notify("READY=1")
     service.follow()
 

@@ -166,9 +166,10 @@ def _warmup() -> dict:
                        render.WARMUP_PROGRAM])
 
 
-def deliveries(host: Host) -> str:
-    """The delivery log service of the host: every instance's delivery attempts as JSON lines."""
-    return script("deliveries", files=render.deliveries_files(host), **_deliveries())
+def deliveries(fleet: Fleet, host: Host) -> str:
+    """The delivery log service of the host: every instance's delivery attempts as JSON lines, and
+    the back-offs they start (mailfleet/backoff.py)."""
+    return script("deliveries", files=render.deliveries_files(fleet, host), **_deliveries())
 
 
 def deliveries_delete() -> str:
@@ -177,11 +178,13 @@ def deliveries_delete() -> str:
 
 def _deliveries() -> dict:
     paths = [render.DELIVERIES_UNIT_FILE, render.DELIVERIES_PROGRAM, render.DELIVERIES_LIBRARY,
-             render.DELIVERIES_CONFIG, render.DELIVERIES_LOGROTATE]
+             render.DELIVERIES_BACKOFF_LIBRARY, render.DELIVERIES_CONFIG, render.DELIVERIES_LOGROTATE]
     return dict(unit=render.DELIVERIES_UNIT, unit_file=render.DELIVERIES_UNIT_FILE, user=render.DELIVERIES_USER,
-                program=render.DELIVERIES_PROGRAM, library=render.DELIVERIES_LIBRARY, config=render.DELIVERIES_CONFIG,
+                program=render.DELIVERIES_PROGRAM, library=render.DELIVERIES_LIBRARY,
+                backoff_library=render.DELIVERIES_BACKOFF_LIBRARY, config=render.DELIVERIES_CONFIG,
                 logrotate=render.DELIVERIES_LOGROTATE, log=render.DELIVERIES_LOG,
-                state_dir=render.DELIVERIES_STATE.rsplit("/", 1)[0], paths=paths)
+                state_dir=render.DELIVERIES_STATE.rsplit("/", 1)[0],
+                backoff_dir=render.BACKOFF_STATE.rsplit("/", 1)[0], paths=paths)
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:

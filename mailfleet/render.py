@@ -80,12 +80,16 @@ def instance_main_cf(fleet: Fleet, instance: Instance) -> str:
         message_size_limit=MESSAGE_SIZE_LIMIT,
         shaping=_shaping(fleet, instance),
         shaping_map=SHAPING_MAP_SOCKET,
+        backoff_map=shaping.backoff_map_name(instance) if shaping.reacts(fleet) else None,
         warmup_socket=WARMUP_SOCKET if instance.warmup and shaping.enabled(fleet) else None,
     )
 
 
 def _shaping(fleet: Fleet, instance: Instance) -> list[shaping.GroupTransport]:
-    return shaping.transports(fleet, instance) if shaping.enabled(fleet) else []
+    """The groups' transports, then their slow back-off transports."""
+    if not shaping.enabled(fleet):
+        return []
+    return shaping.transports(fleet, instance) + shaping.backoff_transports(fleet, instance)
 
 
 def instance_master_cf(fleet: Fleet, instance: Instance) -> str:
@@ -144,14 +148,23 @@ SHAPING_MAP_GROUPS = "/etc/mailfleet/shaping-map.json"
 SHAPING_MAP_SOCKET = "/run/mailfleet-shaping/map.sock"
 
 
+# The active back-offs (mailfleet/backoff.py): written by the delivery log service, read by the map.
+BACKOFF_STATE = "/var/lib/mailfleet-backoff/state.json"
+
+
 def shaping_map_files(fleet: Fleet) -> dict[str, str]:
-    """The service's program, its groups (domains and MX suffixes) and its unit."""
-    groups = json.dumps({"groups": shaping.mx_groups(fleet)}, indent=1, sort_keys=True) + "\n"
+    """The service's program, its groups (domains and MX suffixes; the groups' slow transports)
+    and its unit."""
+    settings = {"groups": shaping.mx_groups(fleet)}
+    if shaping.reacts(fleet):
+        settings["backoffTransports"] = shaping.backoff_transport_names(fleet)
+    groups = json.dumps(settings, indent=1, sort_keys=True) + "\n"
     return {
         SHAPING_MAP_PROGRAM: (Path(__file__).resolve().parent / "shaping_map.py").read_text(),
         SHAPING_MAP_GROUPS: groups,
         SHAPING_MAP_UNIT_FILE: render(f"etc/systemd/system/{SHAPING_MAP_UNIT}.service.j2", program=SHAPING_MAP_PROGRAM,
-                                       groups=SHAPING_MAP_GROUPS, socket=SHAPING_MAP_SOCKET),
+                                       groups=SHAPING_MAP_GROUPS, socket=SHAPING_MAP_SOCKET,
+                                       backoff_state=BACKOFF_STATE if shaping.reacts(fleet) else None),
     }
 
 
@@ -220,29 +233,37 @@ DELIVERIES_USER = "mailfleet-deliveries"
 DELIVERIES_UNIT_FILE = f"/etc/systemd/system/{DELIVERIES_UNIT}.service"
 DELIVERIES_PROGRAM = "/usr/local/sbin/mailfleet-deliveries"
 DELIVERIES_LIBRARY = "/usr/local/lib/mailfleet-deliveries/bounces.py"
+DELIVERIES_BACKOFF_LIBRARY = "/usr/local/lib/mailfleet-deliveries/backoff.py"
 DELIVERIES_CONFIG = "/etc/mailfleet/deliveries.json"
 DELIVERIES_LOGROTATE = "/etc/logrotate.d/mailfleet-deliveries"
 DELIVERIES_LOG = "/var/log/mailfleet/deliveries.jsonl"
 DELIVERIES_STATE = "/var/lib/mailfleet-deliveries/state.json"
 
 
-def deliveries_config(host: Host) -> str:
+def deliveries_config(fleet: Fleet, host: Host) -> str:
     """The host's name (as the stack names it) and each instance's source IP, by instance name
-    (the default instance, `postfix`, sends from 127.0.0.1)."""
+    (the default instance, `postfix`, sends from 127.0.0.1); when a group reacts to push-back, its
+    patterns and minutes and the back-off state file (mailfleet/backoff.py)."""
     instances = {"postfix": "127.0.0.1", **{instance.name: instance.ip for instance in host.instances}}
-    return json.dumps({"host": host.name, "instances": instances}, indent=1, sort_keys=True) + "\n"
+    config = {"host": host.name, "instances": instances}
+    if shaping.reacts(fleet):
+        from mailfleet.backoff import rules_of
+        config["pushBack"] = {"rules": rules_of(fleet.shaping.groups), "state": BACKOFF_STATE,
+                              "instances": [instance.name for instance in host.instances]}
+    return json.dumps(config, indent=1, sort_keys=True) + "\n"
 
 
-def deliveries_files(host: Host) -> dict[str, str]:
+def deliveries_files(fleet: Fleet, host: Host) -> dict[str, str]:
     """The service's program, its classifier, its settings, its unit and its logrotate entry."""
     here = Path(__file__).resolve().parent
     return {
         DELIVERIES_PROGRAM: (here / "deliveries.py").read_text(),
         DELIVERIES_LIBRARY: (here / "bounces.py").read_text(),
-        DELIVERIES_CONFIG: deliveries_config(host),
+        DELIVERIES_BACKOFF_LIBRARY: (here / "backoff.py").read_text(),
+        DELIVERIES_CONFIG: deliveries_config(fleet, host),
         DELIVERIES_UNIT_FILE: render(f"etc/systemd/system/{DELIVERIES_UNIT}.service.j2", program=DELIVERIES_PROGRAM,
                                      config=DELIVERIES_CONFIG, log=DELIVERIES_LOG, state=DELIVERIES_STATE,
-                                     user=DELIVERIES_USER),
+                                     user=DELIVERIES_USER, backoff_state=BACKOFF_STATE),
         DELIVERIES_LOGROTATE: render("etc/logrotate.d/mailfleet-deliveries.j2", log=DELIVERIES_LOG,
                                      unit=DELIVERIES_UNIT),
     }

@@ -25,14 +25,22 @@ What each limit becomes, per instance (so per IP, the instance's only source add
   by Postfix (connections and messages per connection still hold).
 A destination rate delay is not used: it also serialises, per recipient domain, so it would
 neither cap a group of domains nor keep the group's concurrency.
+
+Back-off on push-back (mailfleet/backoff.py): a group with a `backoff` rule gets a second, slow
+transport in every instance, `smtp-GROUP-backoff`, with the rule's connections and messages a
+minute (never more than the group's own on that instance) the same way. Switching to it, or to
+Postfix's `retry:` transport (deferred, never bounced), is only a routing answer: each instance's
+transport_maps asks the shaping map first under its own name (backoff-INSTANCE), and that answer
+changes while the delivery log service holds a back-off of that instance and group (the map sends
+at most the back-off's rate the slow way, the rest to retry: mailfleet/shaping_map.py says why).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from mailfleet.backoff import BACKOFF_SUFFIX, MAP_PREFIX, PushBack, rules_of
 from mailfleet.config import DEFAULT_GROUP, Fleet, Instance
 
 TRANSPORT_PREFIX = "smtp-"
@@ -48,6 +56,7 @@ class GroupTransport:
     messages_per_minute: int
     rate_delay: int  # seconds; 0: not paced
     destination_concurrency: int  # per recipient domain: connections, or less (mailfleet:queue)
+    backoff: bool = False  # the group's slow transport, used while its receivers push back
 
     @property
     def paced_per_minute(self) -> float | None:
@@ -86,6 +95,33 @@ def transports(fleet: Fleet, instance: Instance) -> list[GroupTransport]:
     return result
 
 
+def backoff_transports(fleet: Fleet, instance: Instance) -> list[GroupTransport]:
+    """The slow transport of each group with a back-off rule, on this instance: the rule's
+    connections and rate, each capped by the group's own (a back-off never speeds a cold IP up)."""
+    result = []
+    for usual in transports(fleet, instance):
+        rule = fleet.shaping.groups[usual.group].backoff
+        if rule is None:
+            continue
+        connections = min(rule.connections, usual.connections)
+        per_minute = min(rule.messages_per_minute, usual.messages_per_minute)
+        result.append(GroupTransport(
+            group=usual.group, transport=usual.transport + BACKOFF_SUFFIX, connections=connections,
+            messages_per_connection=usual.messages_per_connection, messages_per_minute=per_minute,
+            rate_delay=rate_delay(per_minute), destination_concurrency=min(connections, usual.destination_concurrency),
+            backoff=True))
+    return result
+
+
+def reacts(fleet: Fleet) -> bool:
+    """Whether any group backs off or suspends: then instances ask the shaping map for back-offs."""
+    return enabled(fleet) and bool(rules_of(fleet.shaping.groups))
+
+
+def backoff_map_name(instance: Instance) -> str:
+    return f"{MAP_PREFIX}{instance.name}"
+
+
 def domain_table(fleet: Fleet) -> str:
     """transport_maps entries for the groups' own domains (texthash: no postmap, no .db file)."""
     lines = ["# Managed by mailfleet: recipient domain -> its receiver group's transport (mailfleet:shaping)."]
@@ -102,12 +138,17 @@ def mx_groups(fleet: Fleet) -> dict[str, dict[str, list[str]]]:
             for name, group in fleet.shaping.groups.items() if name != DEFAULT_GROUP}
 
 
+def backoff_transport_names(fleet: Fleet) -> dict[str, dict]:
+    """group -> its slow transport and the back-off's messages a minute, for the shaping map (the
+    groups with a back-off rule), which sends at most that many a minute the slow way."""
+    return {name: {"transport": transport_name(name) + BACKOFF_SUFFIX,
+                   "messagesPerMinute": group.backoff.messages_per_minute}
+            for name, group in fleet.shaping.groups.items() if group.backoff is not None}
+
+
 def push_back(fleet: Fleet, group: str, reply: str) -> str | None:
     """What a receiver's reply asks of the group: "suspend" (a block pattern matched), "backoff"
     (a reputation or rate deferral), or None. Suspend wins: a block is the stronger signal.
-    (Pure: the service that reads the log and acts on it is not built yet.)"""
-    settings = fleet.shaping.groups[group]
-    for action, rule in (("suspend", settings.suspend), ("backoff", settings.backoff)):
-        if rule is not None and any(re.search(pattern, reply) for pattern in rule.patterns):
-            return action
-    return None
+    The delivery log service decides the same way on the host (mailfleet/backoff.py)."""
+    found = PushBack(rules_of(fleet.shaping.groups), ()).match(group, reply)
+    return found[0] if found else None

@@ -15,6 +15,20 @@ hour; NXDOMAIN and no-MX answers for five minutes). When DNS fails, the answer f
 domain lists and is kept for a minute only. Python's standard library alone (it runs on the
 host, where only python3 is installed): a minimal DNS client for one question type, MX.
 
+Back-off on push-back (mailfleet/backoff.py): each instance also asks, first, under its own name
+    proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:backoff-INSTANCE
+and gets NOTFOUND (its usual routing follows) unless the delivery log service has backed off or
+suspended that instance's path to the recipient's group. Suspended: `OK retry:4.7.0 ...` (the
+message is deferred, never bounced, and tried again at its next queue run). Backed off: the
+group's slow transport `OK smtp-GROUP-backoff:` for at most the back-off's messages a minute,
+`retry:` for the others. The bound matters because the queue manager routes a message once, when
+it enters the active queue, and keeps it on that transport until it has been tried: without it
+every deferred message coming back during a back-off would wait in the slow transport's queue,
+long after the back-off has ended. (The count is of answers: a recipient that smtpd resolves at
+RCPT time uses one too, so fewer may go the slow way, never more.) The back-offs come from a
+state file (--backoff-state), read again when it changes; an entry ends at its time, without any
+new event.
+
     mailfleet-shaping-map --groups /etc/mailfleet/shaping-map.json --socket /run/mailfleet-shaping/map.sock
     mailfleet-shaping-map --groups FILE --query DOMAIN    (prints the answer, for checks)
     mailfleet-shaping-map --socket PATH --query DOMAIN    (asks the running service: the probe)
@@ -40,6 +54,8 @@ CACHE_ENTRIES = 50_000
 MAX_TTL = 3600
 NEGATIVE_TTL = 300
 FAILURE_TTL = 60
+DEFAULT_GROUP = "default"
+BACKOFF_PREFIX = "backoff-"  # the map name an instance asks for its back-offs: backoff-INSTANCE
 DNS_TIMEOUT = 3.0
 
 
@@ -145,8 +161,45 @@ def lookup_mx(domain: str, servers: list[str], timeout: float = DNS_TIMEOUT, por
     raise DnsError("; ".join(problems))
 
 
+class Backoffs:
+    """The active back-offs per instance, from the delivery log service's state file (mailfleet/
+    backoff.py writes it atomically): read again when its modification time or size changes."""
+
+    def __init__(self, path: str, clock=time.time):
+        self.path, self.clock = path, clock
+        self.seen: tuple | None = None
+        self.by_instance: dict[str, dict[str, dict]] = {}
+        self.lock = threading.Lock()
+
+    def active(self, instance: str) -> dict[str, dict]:
+        try:
+            stat = os.stat(self.path)
+            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            seen = None
+        with self.lock:
+            if seen != self.seen:
+                self.seen, self.by_instance = seen, {}
+                if seen is not None:
+                    try:
+                        with open(self.path) as f:
+                            entries = json.load(f).get("active", [])
+                    except (OSError, ValueError) as error:
+                        print(f"warning: {self.path} unreadable ({error}): no back-off", file=sys.stderr, flush=True)
+                        entries = []
+                    for entry in entries:
+                        self.by_instance.setdefault(entry["instance"], {})[entry["group"]] = entry
+            now = self.clock()
+            return {group: entry for group, entry in self.by_instance.get(instance, {}).items() if entry["until"] > now}
+
+
 class GroupMap:
-    def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic):
+    def __init__(self, groups: dict, resolver=lookup_mx, servers=None, clock=time.monotonic,
+                 backoffs: Backoffs | None = None, slow: dict[str, dict] | None = None):
+        self.groups = {g["transport"]: name for name, g in groups.items()}
+        # group -> {"transport": smtp-GROUP-backoff, "messagesPerMinute": N}
+        self.backoffs, self.slow = backoffs, slow or {}
+        self.answered: dict[tuple[str, str], list[float]] = {}  # slow answers in the last minute
         self.domains = {d: g["transport"] for g in groups.values() for d in g.get("domains", [])}
         self.suffixes = [(s.lower().strip("."), g["transport"]) for g in groups.values() for s in g.get("mxSuffixes", [])]
         self.resolver, self.servers, self.clock = resolver, servers, clock
@@ -196,10 +249,45 @@ class GroupMap:
                 self.cache.popitem(last=False)
         return answer
 
+    def group(self, key: str) -> str:
+        """The receiver group of a transport_maps key: the default group when no list or MX says."""
+        transport = self.transport(key)
+        return self.groups.get(transport, DEFAULT_GROUP)
+
     def reply(self, request: str) -> str:
-        _, _, key = request.partition(" ")
+        name, _, key = request.partition(" ")
+        if name.startswith(BACKOFF_PREFIX):
+            return self.backoff_reply(name[len(BACKOFF_PREFIX):], key)
         transport = self.transport(key)
         return f"OK {transport}:" if transport else "NOTFOUND "
+
+    def backoff_reply(self, instance: str, key: str) -> str:
+        active = self.backoffs.active(instance) if self.backoffs else {}
+        if not active:
+            return "NOTFOUND "  # the common case: no MX lookup, no group
+        entry = active.get(self.group(key))
+        if entry is None:
+            return "NOTFOUND "
+        group = entry["group"]
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["until"]))
+        slow = self.slow.get(group)
+        if entry["action"] == "backoff" and slow is None:
+            return "NOTFOUND "  # the group lost its rule (a new configuration): its usual transport
+        if entry["action"] == "backoff" and self._take(instance, group, slow["messagesPerMinute"]):
+            return f"OK {slow['transport']}:"
+        state = "suspended" if entry["action"] == "suspend" else "backing off"
+        return f"OK retry:4.7.0 mailfleet: the {group} group is {state} on this IP until {until} (its receivers pushed back)"
+
+    def _take(self, instance: str, group: str, per_minute: int) -> bool:
+        """One of the back-off's answers for the slow transport in the last minute, if any is left."""
+        now = self.clock()
+        with self.lock:
+            times = [t for t in self.answered.get((instance, group), []) if t > now - 60]
+            taken = len(times) < per_minute
+            if taken:
+                times.append(now)
+            self.answered[(instance, group)] = times
+            return taken
 
 
 def read_netstring(stream) -> bytes | None:
@@ -243,12 +331,12 @@ def serve(groups: GroupMap, path: str):
     server.serve_forever()
 
 
-def ask(path: str, key: str, timeout: float = 10) -> str:
+def ask(path: str, key: str, name: str = "transport", timeout: float = 10) -> str:
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(timeout)
         client.connect(path)
         stream = client.makefile("rwb")
-        stream.write(netstring(f"transport {key}"))
+        stream.write(netstring(f"{name} {key}"))
         stream.flush()
         answer = read_netstring(stream)
     if answer is None:
@@ -261,16 +349,20 @@ def main():
     parser.add_argument("--groups")
     parser.add_argument("--socket")
     parser.add_argument("--query")
+    parser.add_argument("--map", default="transport", help="the map name of --query (backoff-INSTANCE: its back-offs)")
+    parser.add_argument("--backoff-state", help="the delivery log service's back-offs (JSON), read when it changes")
     args = parser.parse_args()
     if args.socket and args.query:
-        print(ask(args.socket, args.query))
+        print(ask(args.socket, args.query, args.map))
         return
     if not args.groups or not (args.socket or args.query):
         parser.error("--groups with --socket (serve) or --query (answer here); or --socket with --query (ask)")
     with open(args.groups) as f:
-        groups = GroupMap(json.load(f)["groups"])
+        settings = json.load(f)
+    groups = GroupMap(settings["groups"], backoffs=Backoffs(args.backoff_state) if args.backoff_state else None,
+                      slow=settings.get("backoffTransports"))
     if args.query:
-        print(groups.reply(f"transport {args.query}"))
+        print(groups.reply(f"{args.map} {args.query}"))
     else:
         serve(groups, args.socket)
 

@@ -159,6 +159,7 @@ class InstanceStatus:
     log: bool | None = None  # False: the host has no delivery log; None: not asked
     hour: LastHour = field(default_factory=LastHour)
     warmup: dict | None = None
+    backoffs: list[dict] = field(default_factory=list)  # active back-offs and suspensions (backoff_summary)
     dns: dict[str, str] = field(default_factory=dict)  # kind -> present / missing / different / unknown
     dns_notes: list[str] = field(default_factory=list)
     listings: list[Listing] = field(default_factory=list)
@@ -173,6 +174,9 @@ class InstanceStatus:
         found = []
         if self.error:
             found.append(f"host not read: {self.error}")
+        for entry in self.backoffs:
+            if entry["action"] == "suspend":
+                found.append(f"{entry['group']} suspended until {entry['until']}")
         for kind in DNS_KINDS:
             state = self.dns.get(kind)
             if state and state != "present":
@@ -193,6 +197,18 @@ def warmup_summary(plan: dict | None) -> dict | None:
             "groups": plan.get("groups") or {}}
 
 
+def backoff_summary(state: dict | None, instance: str, now: datetime) -> list[dict]:
+    """The instance's active back-offs and suspensions from the host's back-off state file
+    (mailfleet/backoff.py), by group: what has ended is left out."""
+    found = []
+    for entry in (state or {}).get("active", []):
+        if entry.get("instance") == instance and entry.get("until", 0) > now.timestamp():
+            found.append({"group": entry["group"], "action": entry["action"], "pattern": entry.get("pattern"),
+                          "since": rfc3339(datetime.fromtimestamp(entry["since"], timezone.utc)),
+                          "until": rfc3339(datetime.fromtimestamp(entry["until"], timezone.utc))})
+    return sorted(found, key=lambda e: e["group"])
+
+
 def as_json(stack: str, generated: datetime, since: datetime, instances: list[InstanceStatus]) -> dict:
     """The machine-readable status (docs/day2.md, "Reading status", shows the shape)."""
     items = []
@@ -208,6 +224,7 @@ def as_json(stack: str, generated: datetime, since: datetime, instances: list[In
                 "topDeferrals": item.hour.top_deferrals(),
             },
             "warmup": item.warmup,
+            "backoffs": item.backoffs,
             "dns": item.dns,
             "blocklists": [{"zone": x.zone, "status": x.status, "codes": x.codes, "reason": x.reason}
                            for x in item.listings],
@@ -290,6 +307,9 @@ def table(stack: str, generated: datetime, since: datetime, instances: list[Inst
                                 + (f" ({g['held']} held)" if g.get("held") else "")
                                 for group, g in sorted(item.warmup["groups"].items()))
             details.append(f"warm-up day {item.warmup['day']} ({item.warmup.get('date')}), sent/budget: {budgets}")
+        for entry in item.backoffs:
+            state = "suspended" if entry["action"] == "suspend" else "backed off"
+            details.append(f"{entry['group']} {state} until {entry['until']} (pattern {entry['pattern']})")
         for listing in item.listings:
             if listing.status == LISTED:
                 reason = f": {_short(listing.reason, 80)}" if listing.reason else ""

@@ -33,7 +33,7 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
         steps[f"{host.name}-warmup-on"] = remote_scripts.warmup(
             fleet, host.model_copy(update={"instances": (warming, *host.instances[1:])}))
         steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks)
-        steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(host)
+        steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(fleet, host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)
             steps[f"{host.name}-{instance.name}-tls-delete"] = remote_scripts.instance_tls_delete(instance)

@@ -50,7 +50,8 @@ def test_each_group_is_a_transport_with_the_instance_limits_over_the_fleet():
     assert by_group["google"].rate_delay == 0
     main, master = render.instance_main_cf(fleet, warm), render.instance_master_cf(fleet, warm)
     values = settings(main)
-    assert values["transport_maps"] == (f"texthash:/etc/{warm.name}/transport_shaping, "
+    assert values["transport_maps"] == ("proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:backoff-postfix-43, "
+                                        f"texthash:/etc/{warm.name}/transport_shaping, "
                                         "proxy:socketmap:unix:/run/mailfleet-shaping/map.sock:transport")
     assert values["default_transport"] == "smtp-default"
     assert values["smtp-google_destination_concurrency_limit"] == "3"

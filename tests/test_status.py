@@ -212,7 +212,7 @@ def test_the_json_shape():
     assert (document["generated"], document["since"]) == ("2026-12-04T19:30:00.000Z", "2026-12-04T18:30:00.000Z")
     first, second, down = document["instances"]
     assert set(first) == {"name", "host", "ip", "publicIp", "hostname", "error", "queue", "lastHour", "warmup",
-                          "dns", "blocklists", "attention"}
+                          "backoffs", "dns", "blocklists", "attention"}
     assert first["lastHour"]["totals"] == {"sent": 2, "deferred": 3, "bounced": 1, "expired": 1}
     assert first["lastHour"]["groups"]["google"] == {"sent": 2, "deferred": 2, "bounced": 0, "expired": 0}
     assert first["lastHour"]["topDeferrals"][0] == {"reply": TSS04, "count": 2}
@@ -287,3 +287,32 @@ def test_the_config_is_read_as_pulumi_config_json_prints_it_or_as_a_flat_map(tmp
     assert secrets == ["mailfleet:sshPrivateKey"]
     (tmp_path / "flat.json").write_text(json.dumps({"mailfleet:blocklists": ["dnsbl.example"]}))
     assert tool.read_config("prod", str(tmp_path / "flat.json")) == ({"mailfleet:blocklists": '["dnsbl.example"]'}, [])
+
+
+def test_active_back_offs_show_per_instance_and_a_suspension_needs_attention(tmp_path):
+    state = tmp_path / "state.json"
+    now = NOW.timestamp()
+    state.write_text(json.dumps({"active": [
+        {"instance": "postfix-43", "group": "google", "action": "backoff", "pattern": "4\\.7\\.28",
+         "since": now - 60, "until": now + 600},
+        {"instance": "postfix-43", "group": "yahoo", "action": "suspend", "pattern": "\\[TS04\\]",
+         "since": now - 60, "until": now + 3600},
+        {"instance": "postfix-45", "group": "google", "action": "backoff", "pattern": "4\\.7\\.28",
+         "since": now - 7200, "until": now - 1}]}))  # ended: not shown
+    script = tool.host_commands([], status.rfc3339(SINCE), "root").replace(tool.BACKOFF_STATE, str(state))
+    parts = tool.parse_host_output(subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                                  check=True).stdout)
+    first, second, _ = sample_instances()
+    first.backoffs = status.backoff_summary(json.loads(parts["backoff"]), "postfix-43", NOW)
+    second.backoffs = status.backoff_summary(json.loads(parts["backoff"]), "postfix-45", NOW)
+    assert [(e["group"], e["action"], e["until"]) for e in first.backoffs] == [
+        ("google", "backoff", "2026-12-04T19:40:00.000Z"), ("yahoo", "suspend", "2026-12-04T20:30:00.000Z")]
+    assert second.backoffs == []
+    text = status.table("prod", NOW, SINCE, [first, second])
+    assert "google backed off until 2026-12-04T19:40:00.000Z (pattern 4\\.7\\.28)" in text
+    assert "yahoo suspended until 2026-12-04T20:30:00.000Z" in text
+    assert "yahoo suspended until 2026-12-04T20:30:00.000Z" in status.as_json("prod", NOW, SINCE, [first])[
+        "instances"][0]["attention"]
+    state.unlink()
+    assert tool.parse_host_output(subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                                 check=True).stdout)["backoff"].strip() == ""

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DELIVERY_LOG = "/var/log/mailfleet/deliveries.jsonl"
 WARMUP_DIR = "/var/lib/mailfleet/warmup"
+BACKOFF_STATE = "/var/lib/mailfleet-backoff/state.json"  # mailfleet/render.py's BACKOFF_STATE
 VM_USER = "mailfleet"  # the sudo user cloud-init creates on the VMs the program makes (mailfleet/render.py)
 WORKERS = 8  # hosts asked at once; DNS lookups run as many again
 
@@ -236,6 +237,7 @@ def host_commands(instance_names: list[str], since: str, user: str) -> str:
     for name in instance_names:
         lines.append(f"echo '@@queue {name}'; {sudo}postqueue -c /etc/{name} -j || echo '@@failed'")
         lines.append(f"echo '@@warmup {name}'; {sudo}cat {WARMUP_DIR}/{name}.json 2>/dev/null || true")
+    lines.append(f"echo '@@backoff'; cat {BACKOFF_STATE} 2>/dev/null; echo")  # a line of its own for @@log
     # The log is written in time order with `time` first: read it backwards up to the first older
     # line (and its rotated predecessor, when the hour spans a rotation) instead of copying it all.
     older = f"awk -v c='{since}' 'substr($0, 10, 24) < c {{ exit }} {{ print }}'"
@@ -248,7 +250,7 @@ def host_commands(instance_names: list[str], since: str, user: str) -> str:
 
 def parse_host_output(text: str) -> dict:
     """The sections of host_commands' output: queue and warmup per instance, and the log."""
-    parts: dict = {"queue": {}, "warmup": {}, "log": [], "nolog": False, "failed": []}
+    parts: dict = {"queue": {}, "warmup": {}, "backoff": "", "log": [], "nolog": False, "failed": []}
     section = None
     for line in text.splitlines():
         if line.startswith("@@queue ") or line.startswith("@@warmup "):
@@ -257,6 +259,10 @@ def parse_host_output(text: str) -> dict:
             parts[kind][name] = ""
         elif line == "@@log":
             section = ("log", None)
+        elif line == "@@backoff":
+            section = ("backoff", None)
+        elif section and section[0] == "backoff":
+            parts["backoff"] += line + "\n"
         elif line == "@@nolog":
             parts["nolog"] = True
         elif line == "@@failed" and section:
@@ -312,7 +318,8 @@ class Progress:
 
 
 def gather(fleet, outputs: dict, key, blocklists: list[str], dns_resolver, progress_enabled: bool):
-    from mailfleet.status import InstanceStatus, last_hour, queue_counts, rfc3339, since_for, warmup_summary
+    from mailfleet.status import (InstanceStatus, backoff_summary, last_hour, queue_counts, rfc3339, since_for,
+                                  warmup_summary)
     from publish_dns import instances as output_instances
     now = datetime.now(timezone.utc)
     since = since_for(now)
@@ -347,6 +354,10 @@ def gather(fleet, outputs: dict, key, blocklists: list[str], dns_resolver, progr
                 item.warmup = warmup_summary(json.loads(warmup)) if warmup else None
             except ValueError:
                 item.dns_notes.append("warm-up state file is not JSON")
+            try:
+                item.backoffs = backoff_summary(json.loads(parts["backoff"] or "{}"), instance.name, now)
+            except ValueError:
+                item.dns_notes.append("back-off state file is not JSON")
             item.log = not parts["nolog"]
             item.hour = hours.get(instance.name, item.hour)
         progress.step(host.name)

@@ -7,7 +7,10 @@ Run inside the test namespace (receiving.py starts it):
 
 --replies: JSON, recipient local-part prefix -> the reply to its RCPT TO ("451 4.7.1 ...", or a
 multi-line "550-...\\r\\n550 ..."); a 4xx defers that recipient, a 5xx bounces it; every other
-recipient is accepted. --cert: certificate and key in one PEM file; STARTTLS is offered only with it.
+recipient is accepted. --push-back NAME=N=REPLY: receiver NAME answers every RCPT TO with REPLY
+(lines separated by "|") while it has accepted N messages from that source IP in the last 60 s, as
+a receiver that pushes back beyond a rate does. DATA without an accepted recipient (the client
+pipelined it) gets 554. --cert: certificate and key in one PEM file; STARTTLS is offered only with it.
 
 FILE gets one JSON line per event, written as it happens:
     {"t": seconds, "receiver": NAME, "peer": IP, "conn": N, "event": EVENT, ...}
@@ -26,9 +29,20 @@ import time
 
 
 class Receivers:
-    def __init__(self, log, replies: dict[str, str], tls: ssl.SSLContext | None):
-        self.log, self.replies, self.tls = log, replies, tls
+    def __init__(self, log, replies: dict[str, str], tls: ssl.SSLContext | None,
+                 push_back: dict[str, tuple[int, str]]):
+        self.log, self.replies, self.tls, self.push_back = log, replies, tls, push_back
         self.connections = 0
+        self.accepted_at: dict[tuple[str, str], list[float]] = {}  # (receiver, peer) -> message times
+
+    def pushes_back(self, receiver, peer) -> str | None:
+        if receiver not in self.push_back:
+            return None
+        limit, reply = self.push_back[receiver]
+        now = time.time()
+        recent = [t for t in self.accepted_at.get((receiver, peer), []) if t > now - 60]
+        self.accepted_at[(receiver, peer)] = recent
+        return "\r\n".join(reply.split("|")) if len(recent) >= limit else None
 
     def record(self, receiver, peer, conn, event, **details):
         self.log.write(json.dumps({"t": time.time(), "receiver": receiver, "peer": peer, "conn": conn,
@@ -64,18 +78,21 @@ class Receivers:
                         writer.write(b"250 2.1.0 ok\r\n")
                     elif verb == b"RCPT":
                         address = line.decode("utf-8", "replace").split(":", 1)[1].strip().strip("<>").split(">")[0]
-                        if reply := self.reply_to(address):
+                        if reply := self.pushes_back(receiver, peer) or self.reply_to(address):
                             self.record(receiver, peer, conn, "refused", rcpt=address, reply=reply)
                             writer.write(reply.encode() + b"\r\n")
                         else:
                             accepted.append(address)
                             writer.write(b"250 2.1.5 ok\r\n")
+                    elif verb == b"DATA" and not accepted:
+                        writer.write(b"554 5.5.1 no valid recipients\r\n")
                     elif verb == b"DATA":
                         writer.write(b"354 go ahead\r\n")
                         await writer.drain()
                         while (await reader.readline()) not in (b".\r\n", b".\n", b""):
                             pass
                         self.record(receiver, peer, conn, "message", recipients=accepted)
+                        self.accepted_at.setdefault((receiver, peer), []).append(time.time())
                         accepted = []
                         writer.write(b"250 2.0.0 accepted\r\n")
                     elif verb == b"QUIT":
@@ -120,7 +137,9 @@ def main():
     parser.add_argument("--listen", action="append", required=True, help="NAME=ADDRESS[:PORT]")
     parser.add_argument("--replies", help="JSON: recipient local-part prefix -> RCPT reply")
     parser.add_argument("--cert", help="certificate and key, PEM, in one file: offer STARTTLS")
+    parser.add_argument("--push-back", action="append", default=[], help="NAME=MESSAGES_A_MINUTE=REPLY")
     args = parser.parse_args()
+    push_back = {name: (int(limit), reply) for name, limit, reply in (item.split("=", 2) for item in args.push_back)}
     replies = {}
     if args.replies:
         with open(args.replies) as f:
@@ -130,7 +149,7 @@ def main():
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.cert)
     with open(args.log, "a") as log:
-        asyncio.run(serve(Receivers(log, replies, tls), [tuple(item.split("=", 1)) for item in args.listen]))
+        asyncio.run(serve(Receivers(log, replies, tls, push_back), [tuple(item.split("=", 1)) for item in args.listen]))
 
 
 if __name__ == "__main__":

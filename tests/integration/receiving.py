@@ -44,10 +44,12 @@ def stop(process: subprocess.Popen):
 
 @contextlib.contextmanager
 def receiving(host: TestHost, folder: Path, *, zone: str, dns_ip: str, receivers: dict[str, str],
-              replies: dict[str, str] | None = None, cert_pem: str | None = None):
-    """The DNS server and the fake receivers (name -> address) in `folder`; yields the events file."""
+              replies: dict[str, str] | None = None, cert_pem: str | None = None,
+              push_back: dict[str, tuple[int, str]] | None = None):
+    """The DNS server and the fake receivers (name -> address) in `folder`; yields the events file.
+    push_back: receiver name -> (messages a minute from one IP, the reply beyond that)."""
     (folder / "zone").write_text(zone)
-    options = []
+    options = [f"--push-back={name}={limit}={reply}" for name, (limit, reply) in (push_back or {}).items()]
     if replies:
         (folder / "replies.json").write_text(json.dumps(replies))
         options += ["--replies", str(folder / "replies.json")]

@@ -59,8 +59,8 @@ figures: dict[str, object] = {}
 STATE: dict[str, dict] = {}  # per suite: keys and certificates kept between applies, as the engine keeps them
 
 
-def config_for(host: TestHost) -> dict[str, str]:
-    return direct_config(host, INSTANCES, **{"mailfleet:shaping": SHAPING})
+def config_for(host: TestHost, shaping: dict = SHAPING) -> dict[str, str]:
+    return direct_config(host, INSTANCES, **{"mailfleet:shaping": shaping})
 
 
 @pytest.fixture(scope="module")
