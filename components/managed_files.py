@@ -17,7 +17,6 @@ remote.Command, and a replaced step runs its delete (an instance's stops and des
 
 from __future__ import annotations
 
-import io
 import socket
 import sys
 import threading
@@ -28,11 +27,11 @@ from typing import Any, Callable, Sequence
 import paramiko
 import pulumi
 import pulumi.dynamic
-from cryptography.hazmat.primitives import serialization
 from pulumi_command import remote
 
 from components.remote_step import Step
 from mailfleet import drift, remote_scripts
+from mailfleet.ssh_keys import paramiko_key
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class _Provider(pulumi.dynamic.ResourceProvider):
             return channel.recv_exit_status(), out.decode(errors="replace"), err[0].decode(errors="replace")
 
     def _ssh(self, host: str, port: int, user: str, private_key: str, attempts: int = 5) -> paramiko.SSHClient:
-        key = _paramiko_key(private_key)
+        key = paramiko_key(private_key)
         for attempt in range(1, attempts + 1):
             client = paramiko.SSHClient()
             # As the steps' connection: pulumi-command checks no host key unless one is given.
@@ -165,19 +164,3 @@ class _Provider(pulumi.dynamic.ResourceProvider):
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _paramiko_key(text: str) -> paramiko.PKey:
-    """An OpenSSH or PEM private key (RSA, ECDSA, Ed25519), re-encoded as OpenSSH, which every
-    paramiko key class reads."""
-    data = text.encode()
-    key = (serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data
-           else serialization.load_pem_private_key(data, None))
-    openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key(io.StringIO(openssh))
-        except (paramiko.SSHException, ValueError):
-            continue
-    raise ValueError("unsupported SSH private key type")

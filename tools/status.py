@@ -211,24 +211,6 @@ def blocklist_lookup(dns_resolver, address: str, zone: str):
 
 # ---- the hosts ----------------------------------------------------------------------------------
 
-def _paramiko_key(text: str):
-    import io
-
-    import paramiko
-    from cryptography.hazmat.primitives import serialization
-    data = text.encode()
-    key = (serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data
-           else serialization.load_pem_private_key(data, None))
-    openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key(io.StringIO(openssh))
-        except (paramiko.SSHException, ValueError):
-            continue
-    raise ValueError("unsupported SSH private key type")
-
-
 def host_commands(instance_names: list[str], since: str, user: str) -> str:
     """One shell script for a host: each instance's queue and warm-up state, and the delivery log
     lines since `since`, newest first, each part after a marker line."""
@@ -413,15 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mailfleet import status
     from publish_dns import InputError, read_outputs
+    from mailfleet.ssh_keys import paramiko_key  # here: --help needs no paramiko
     try:
         fleet = read_fleet(args.stack, args.config)
         outputs = read_outputs(args.outputs, None if args.outputs else args.stack, show_secrets=True)
         if args.identity:
             try:
-                identity = _paramiko_key(Path(args.identity).read_text())
+                identity = paramiko_key(Path(args.identity).read_text())
             except (OSError, ValueError) as error:
                 raise InputError(f"cannot use --identity {args.identity}: {error}") from None
-        stack_key = _paramiko_key(fleet.ssh_private_key) if fleet.ssh_private_key else None
+        stack_key = paramiko_key(fleet.ssh_private_key) if fleet.ssh_private_key else None
 
         def key(host):
             return identity if args.identity else (stack_key if host.existing else None)
