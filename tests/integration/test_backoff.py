@@ -154,6 +154,7 @@ def test_the_pushing_back_instance_and_group_only_are_backed_off_and_suspended(r
 
 
 def test_gmail_gets_the_back_off_rate_from_that_ip_then_its_pace_again(run):
+    google = run["seen"][("postfix-43", "google")]
     before = messages(run, "google", "127.0.0.43", end=google["since"])
     end = run["ended"]["google"]
     during = messages(run, "google", "127.0.0.43", google["since"] + 5, end)
