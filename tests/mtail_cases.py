@@ -8,12 +8,12 @@ import json
 
 def delivery(instance: str, ip: str, recipient: str, group: str | None, status: str, dsn: str | None,
              category: str | None = None, kind: str | None = None, reply: str = "250 2.0.0 ok",
-             delay: float | None = 0.5, attempt: int | None = 1) -> str:
+             delay: float | None = 0.5, attempt: int | None = 1, tenant: str | None = None) -> str:
     """One record of the delivery log, keys in its order, compact."""
     return json.dumps({
         "time": "2026-12-04T19:00:00.123Z", "host": "mailtest", "instance": instance, "ip": ip,
         "queue_id": "4Xy1Zq0abcz9", "message_id": "<m1@example.com>", "sender": "news@example.com",
-        "recipient": recipient, "domain": recipient.split("@")[1], "group": group, "tenant": None,
+        "recipient": recipient, "domain": recipient.split("@")[1], "group": group, "tenant": tenant,
         "status": status, "dsn": dsn, "category": category, "kind": kind, "reply": reply,
         "relay": "mx.example[192.0.2.25]:25", "delay": delay, "attempt": attempt}, separators=(",", ":"))
 
@@ -32,6 +32,13 @@ DELIVERY_LINES = [
     delivery("postfix-45", "127.0.0.45", "f@outlook.com", "microsoft", "bounced", "5.2.2", "quota", "soft",
              reply="552 5.2.2 mailbox full"),
     delivery("postfix-45", "127.0.0.45", "g@outlook.com", "microsoft", "expired", "4.4.7", reply="expired"),
+    # Mail a tenant submitted: counted again by tenant (a reply that names a tenant must not shift it).
+    delivery("postfix-45", "127.0.0.45", "h@gmail.com", "google", "sent", "2.0.0", tenant="shop",
+             reply='250 2.0.0 ok ,"tenant":"news","status":"bounced"'),
+    delivery("postfix-45", "127.0.0.45", "i@outlook.com", "microsoft", "bounced", "5.1.1", "bad-mailbox", "hard",
+             reply="550 5.1.1 no such user", tenant="shop"),
+    delivery("postfix-43", "127.0.0.43", "j@plain.example", None, "deferred", "4.2.0", tenant="news",
+             reply="451 4.2.0 try later", delay=None),
     "not a record at all",
 ]
 
@@ -40,14 +47,22 @@ DELIVERY_COUNTERS = {
     'mailfleet_deliveries_total{dsn_class="4",group="google",instance="postfix-43",ip="127.0.0.43",status="deferred"}': 1,
     'mailfleet_deliveries_total{dsn_class="5",group="microsoft",instance="postfix-43",ip="127.0.0.43",status="bounced"}': 1,
     'mailfleet_deliveries_total{dsn_class="none",group="default",instance="postfix-43",ip="127.0.0.43",status="deferred"}': 1,
-    'mailfleet_deliveries_total{dsn_class="5",group="microsoft",instance="postfix-45",ip="127.0.0.45",status="bounced"}': 1,
+    'mailfleet_deliveries_total{dsn_class="5",group="microsoft",instance="postfix-45",ip="127.0.0.45",status="bounced"}': 2,
     'mailfleet_deliveries_total{dsn_class="4",group="microsoft",instance="postfix-45",ip="127.0.0.45",status="expired"}': 1,
+    'mailfleet_deliveries_total{dsn_class="2",group="google",instance="postfix-45",ip="127.0.0.45",status="sent"}': 1,
+    'mailfleet_deliveries_total{dsn_class="4",group="default",instance="postfix-43",ip="127.0.0.43",status="deferred"}': 1,
     'mailfleet_bounces_total{category="bad-mailbox",group="microsoft",instance="postfix-43",ip="127.0.0.43",kind="hard"}': 1,
+    'mailfleet_bounces_total{category="bad-mailbox",group="microsoft",instance="postfix-45",ip="127.0.0.45",kind="hard"}': 1,
     'mailfleet_bounces_total{category="quota",group="microsoft",instance="postfix-45",ip="127.0.0.45",kind="soft"}': 1,
     'mailfleet_delivery_delay_seconds_total{group="google",instance="postfix-43",ip="127.0.0.43",status="sent"}': 1,
     'mailfleet_delivery_delay_seconds_total{group="google",instance="postfix-43",ip="127.0.0.43",status="deferred"}': 1.5,
     'mailfleet_delivery_delay_seconds_total{group="microsoft",instance="postfix-43",ip="127.0.0.43",status="bounced"}': 2,
-    'mailfleet_delivery_delay_seconds_total{group="microsoft",instance="postfix-45",ip="127.0.0.45",status="bounced"}': 0.5,
+    'mailfleet_delivery_delay_seconds_total{group="microsoft",instance="postfix-45",ip="127.0.0.45",status="bounced"}': 1,
+    'mailfleet_delivery_delay_seconds_total{group="google",instance="postfix-45",ip="127.0.0.45",status="sent"}': 0.5,
+    'mailfleet_tenant_deliveries_total{group="google",instance="postfix-45",status="sent",tenant="shop"}': 1,
+    'mailfleet_tenant_deliveries_total{group="microsoft",instance="postfix-45",status="bounced",tenant="shop"}': 1,
+    'mailfleet_tenant_deliveries_total{group="default",instance="postfix-43",status="deferred",tenant="news"}': 1,
+    'mailfleet_tenant_bounces_total{category="bad-mailbox",kind="hard",tenant="shop"}': 1,
     'mailfleet_delivery_delay_seconds_total{group="microsoft",instance="postfix-45",ip="127.0.0.45",status="expired"}': 0.5,
 }
 

@@ -187,7 +187,8 @@ def test_a_tenant_submits_on_587_and_465_as_each_of_its_domains_signed_from_its_
             assert received["mail_from"] == f"news@{domain}"
             # The tenant's login is not handed to the receiver.
             assert "authenticated sender" not in received["data"].split("\r\n\r\n", 1)[0].lower(), subject
-    # The delivery log names the tenant (smtpd's line for the message).
+    # smtpd logs the tenant's login with the message: the delivery log takes the tenant from it
+    # (tests/integration/test_deliveries.py reads the log itself).
     log = host.run("journalctl --no-pager -o cat | grep -F 'sasl_username='")[1]
     assert "sasl_method=PLAIN, sasl_username=alice" in log and "sasl_username=bob" in log
 
