@@ -26,9 +26,11 @@ import pytest
 from harness import REPO, run_program
 from integration.receiving import direct_config, receiving, use_test_resolver
 from integration.test_apply import StatefulMocks, step_output
+from integration.test_metrics import http_get
 from integration.test_tenants import PASSWORDS, session
 from integration.testhost import TestHost, booted
 from mailfleet.deliveries import KEYS
+from mtail_cases import mailfleet_series
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +226,15 @@ def test_a_tenants_submission_carries_its_tenant(host, traffic):
     tenant = [r for r in traffic["records"] if r["tenant"] == "alice"]
     assert tenant and all(r["instance"] == "postfix-43" and r["sender"] == SENDER for r in tenant), tenant
     assert {r["status"] for r in tenant} == {"sent"}
+    # ... and the host's mtail counts it by tenant (its metrics endpoint, port 3903).
+    def counted():
+        series = mailfleet_series(http_get(host, "127.0.0.1", 3903))
+        return sum(value for name, value in series.items()
+                   if name.startswith("mailfleet_tenant_deliveries_total{") and 'tenant="alice"' in name)
+    deadline = time.monotonic() + 30
+    while counted() != len(tenant) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert counted() == len(tenant)
 
 
 def test_every_attempt_in_the_journal_is_exactly_one_line(host, traffic):
