@@ -109,7 +109,7 @@ class MailHost(pulumi.ComponentResource):
         # Once the instances run (each exporter reads its instance's queue) and the delivery log
         # exists (mtail reads a file that appears later from its end). Removed before them.
         remote_step(f"{name}-metrics", connection, ssh_user,
-                    metrics.step(host, fleet.metrics_networks),
+                    metrics.step(host, fleet.metrics_networks, fleet.dkim),
                     delete_script=metrics.delete_step(), parent=self,
                     depends_on=[deliveries, *(instance.config for instance in self.instances.values())])
         ManagedFiles(f"{name}-managed-files", ManagedFilesArgs(

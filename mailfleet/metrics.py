@@ -10,6 +10,9 @@
   records (deliveries by instance, IP, group, outcome and status class) and, from rsyslog's
   /var/log/mail.log, outgoing TLS and connection outcomes and OpenDKIM's signatures and errors
   (templates/etc/mailfleet/mtail/). rsyslog is there anyway: Debian's exporter depends on it.
+- The signer probe (mailfleet-signer-probe.timer): every minute one message to each OpenDKIM
+  signer that has keys, as Postfix hands it (miltertest), timed; its log line becomes
+  mailfleet_dkim_probe_seconds and mailfleet_dkim_probe_failures_total through mtail.
 - nftables table `inet mailfleet_metrics`: both ports answer this host (loopback and its instance
   addresses) and mailfleet:metricsNetworks only; the exporters and mtail require it.
 
@@ -22,8 +25,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Sequence
 
-from mailfleet import remote_scripts, render
-from mailfleet.config import Fleet, Host
+from mailfleet import remote_scripts, render, signing
+from mailfleet.config import DkimKey, Fleet, Host
 
 QUEUE_PORT = 9154  # prometheus-postfix-exporter's own default, on each instance's IP
 LOG_PORT = 3903  # mtail's own default, on every address of the host
@@ -37,6 +40,12 @@ MTAIL_PROGRAMS = "/etc/mailfleet/mtail"
 MTAIL_SOURCES = render.TEMPLATES / "etc/mailfleet/mtail"
 DELIVERY_LOG = "/var/log/mailfleet/deliveries.jsonl"  # mailfleet-deliveries writes it
 MAIL_LOG = "/var/log/mail.log"  # rsyslog writes it (Debian's default rules)
+PROBE_UNIT = "mailfleet-signer-probe"
+PROBE_UNIT_FILE = f"/etc/systemd/system/{PROBE_UNIT}.service"
+PROBE_TIMER_FILE = f"/etc/systemd/system/{PROBE_UNIT}.timer"
+PROBE_PROGRAM = "/usr/local/lib/mailfleet/signer-probe.sh"
+PROBE_SCRIPTS = "/etc/mailfleet/signer-probe"  # SIGNER.lua, one a signer
+PROBE_JOB = "mailfleet-signer-probe"  # the queue id OpenDKIM logs the probe's signature under
 FIREWALL_UNIT = "mailfleet-metrics-firewall"
 FIREWALL_UNIT_FILE = f"/etc/systemd/system/{FIREWALL_UNIT}.service"
 FIREWALL_RULES = "/etc/mailfleet/metrics.nft"
@@ -90,7 +99,20 @@ def programs() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(MTAIL_SOURCES.glob("*.mtail"))}
 
 
-def files(host: Host, networks: Sequence[str]) -> dict[str, str]:
+def probe_scripts(keys: Sequence[DkimKey]) -> dict[str, str]:
+    """The signer probe's miltertest script for each signer that has a key, by installed path: a
+    message from the first domain it signs for."""
+    out = {}
+    for signer in signing.signers(keys):
+        domains = [key.domain for key in signing.signing_keys(keys, signer.algorithm)]
+        if domains:
+            out[f"{PROBE_SCRIPTS}/{signer.unit}.lua"] = render.render(
+                "etc/mailfleet/signer-probe.lua.j2", unit=signer.unit, socket=signer.milter,
+                sender=f"signer-probe@{domains[-1]}", job=PROBE_JOB)
+    return out
+
+
+def files(host: Host, networks: Sequence[str], keys: Sequence[DkimKey]) -> dict[str, str]:
     """Every metrics file of a host, by installed path."""
     v4, v6 = scrapers(host, networks)
     out = {
@@ -103,6 +125,11 @@ def files(host: Host, networks: Sequence[str]) -> dict[str, str]:
         MTAIL_UNIT_FILE: render.render("etc/systemd/system/mailfleet-mtail.service.j2", programs=MTAIL_PROGRAMS,
                                        delivery_log=DELIVERY_LOG, mail_log=MAIL_LOG, port=LOG_PORT,
                                        firewall_unit=FIREWALL_UNIT),
+        PROBE_PROGRAM: render.render("usr/local/lib/mailfleet/signer-probe.sh.j2", scripts=PROBE_SCRIPTS),
+        PROBE_UNIT_FILE: render.render("etc/systemd/system/mailfleet-signer-probe.service.j2", program=PROBE_PROGRAM,
+                                       identifier=PROBE_UNIT, mail_log=MAIL_LOG),
+        PROBE_TIMER_FILE: render.render("etc/systemd/system/mailfleet-signer-probe.timer.j2"),
+        **probe_scripts(keys),
     }
     for instance in host.instances:
         out[f"{EXPORTER_ENV_DIR}/{instance.name}.env"] = (
@@ -113,11 +140,11 @@ def files(host: Host, networks: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def step(host: Host, networks: Sequence[str]) -> str:
-    """The firewall, the exporters of this host's instances (and no others) and mtail, running
-    with these files and probed: each endpoint answers with its metrics."""
+def step(host: Host, networks: Sequence[str], keys: Sequence[DkimKey]) -> str:
+    """The firewall, the exporters of this host's instances (and no others), mtail and the signer
+    probe's timer, running with these files and probed: each endpoint answers with its metrics."""
     return remote_scripts.script(
-        "metrics", files=files(host, networks), instances=[(i.name, i.ip, _listen(i.ip)) for i in host.instances],
+        "metrics", files=files(host, networks, keys), instances=[(i.name, i.ip, _listen(i.ip)) for i in host.instances],
         **_common())
 
 
@@ -130,4 +157,5 @@ def _common() -> dict:
     return dict(exporter_unit=EXPORTER_UNIT, env_dir=EXPORTER_ENV_DIR, mtail_unit=MTAIL_UNIT,
                 firewall_unit=FIREWALL_UNIT, table=TABLE, programs_dir=MTAIL_PROGRAMS, rules=FIREWALL_RULES,
                 debian_exporter=DEBIAN_EXPORTER_UNIT, log_port=LOG_PORT, queue_port=QUEUE_PORT,
-                unit_files=[FIREWALL_UNIT_FILE, EXPORTER_UNIT_FILE, MTAIL_UNIT_FILE])
+                probe_unit=PROBE_UNIT, probe_scripts=PROBE_SCRIPTS, probe_program=PROBE_PROGRAM,
+                unit_files=[FIREWALL_UNIT_FILE, EXPORTER_UNIT_FILE, MTAIL_UNIT_FILE, PROBE_UNIT_FILE, PROBE_TIMER_FILE])

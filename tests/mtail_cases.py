@@ -4,6 +4,7 @@ them with this machine's mtail, tests/integration/test_metrics.py with each Debi
 from __future__ import annotations
 
 import json
+import re
 
 
 def delivery(instance: str, ip: str, recipient: str, group: str | None, status: str, dsn: str | None,
@@ -91,6 +92,14 @@ JOURNAL_LINES = [
     "2026-12-04T19:10:03+0000 mailtest opendkim[77]: 4Xy1Zq0abcz4: dkim_eom(): resource unavailable:"
     " d2i_PrivateKey_bio() failed",
     "2026-12-04T19:10:04+0000 mailtest postfix-43/qmgr[555]: 4Xy1Zq0abcz9: removed",
+    # The signer probe: its signature is not mail signed; its timings and failures per signer.
+    "2026-12-04T19:10:05+0000 mailtest opendkim[77]: mailfleet-signer-probe: DKIM-Signature field added"
+    " (s=s1, d=example.com)",
+    "2026-12-04T19:10:05+0000 mailtest mailfleet-signer-probe[901]: opendkim signed in 3200 us",
+    "2026-12-04T19:11:05+0000 mailtest mailfleet-signer-probe[902]: opendkim signed in 41000 us",
+    "2026-12-04T19:11:05+0000 mailtest mailfleet-signer-probe[902]: opendkim-ed25519 failed: no connection (the"
+    " signer is not running, or its socket is unreachable)",
+    "2026-12-04T19:12:05+0000 mailtest mailfleet-signer-probe[903]: opendkim-ed25519 failed:",
 ]
 
 JOURNAL_COUNTERS = {
@@ -105,15 +114,38 @@ JOURNAL_COUNTERS = {
     'mailfleet_dkim_errors_total{reason="key-permissions"}': 1,
     'mailfleet_dkim_errors_total{reason="key"}': 1,
     'mailfleet_dkim_errors_total{reason="resources"}': 1,
+    'mailfleet_dkim_probe_seconds_count{signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_sum{signer="opendkim"}': 0.0442,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.001",signer="opendkim"}': 0,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.0025",signer="opendkim"}': 0,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.005",signer="opendkim"}': 1,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.01",signer="opendkim"}': 1,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.025",signer="opendkim"}': 1,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.05",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.1",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.25",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="0.5",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="1",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="2.5",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="5",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_seconds_bucket{le="+Inf",signer="opendkim"}': 2,
+    'mailfleet_dkim_probe_failures_total{signer="opendkim-ed25519"}': 2,
 }
 
 
+LABEL = re.compile(r'[a-z_]+="(?:[^"\\]|\\.)*"')  # name="value", escapes included
+
+
 def parse_exposition(text: str) -> dict[str, float]:
-    """Prometheus text format -> {series: value}, series as mtail prints them (labels sorted)."""
+    """Prometheus text format -> {series: value}, the labels of each series sorted (mtail prints a
+    histogram's `le` after its own labels)."""
     series = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
+            if name.endswith("}"):
+                name, labels = name[:-1].split("{", 1)
+                name = name + "{" + ",".join(sorted(LABEL.findall(labels))) + "}"
             series[name] = float(value)
     return series
 

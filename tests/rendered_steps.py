@@ -32,7 +32,7 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
         warming = host.instances[0].model_copy(update={"warmup": Warmup(start="2026-12-07")})
         steps[f"{host.name}-warmup-on"] = remote_scripts.warmup(
             fleet, host.model_copy(update={"instances": (warming, *host.instances[1:])}))
-        steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks)
+        steps[f"{host.name}-metrics"] = metrics.step(host, fleet.metrics_networks, fleet.dkim)
         steps[f"{host.name}-deliveries"] = remote_scripts.deliveries(fleet, host)
         for instance in host.instances:
             steps[f"{host.name}-{instance.name}-tls"] = remote_scripts.instance_tls(instance, FAKE_PEM)

@@ -4,6 +4,7 @@ fixture lines, the firewall's address sets, and the scrape configuration the sta
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -47,7 +48,7 @@ def test_a_program_that_does_not_compile_fails_the_check(tmp_path):
     assert result.returncode != 0 and "broken.mtail" in result.stderr
 
 
-def fleet(metrics_networks=()):
+def fleet(metrics_networks=(), dkim=({"domain": "example.com", "selector": "s1"},)):
     hosts = [{"name": "mail1", "address": "203.0.113.10", "instances": [
                  {"name": "postfix-43", "ip": "10.1.11.43", "hostname": "s43.mail.example.com"},
                  {"name": "postfix-44", "ip": "10.1.11.44", "hostname": "s44.mail.example.com"}]},
@@ -55,7 +56,7 @@ def fleet(metrics_networks=()):
                  {"name": "postfix-51", "ip": "10.1.12.51", "hostname": "s51.mail.example.com"}],
               "network": {"interface": "ens160", "prefixLength": 24, "gateway": "10.1.12.254",
                           "nameservers": ["10.1.0.72"]}}]
-    config = {"mailfleet:hosts": hosts, "mailfleet:dkim": [{"domain": "example.com", "selector": "s1"}],
+    config = {"mailfleet:hosts": hosts, "mailfleet:dkim": list(dkim),
               "mailfleet:sshPrivateKey": openssh_private_key(),
               "mailfleet:vsphere": {"datacenter": "dc", "cluster": "c", "datastore": "ds", "network": "n",
                                     "template": "t"}}
@@ -68,7 +69,7 @@ def test_only_the_host_itself_and_metrics_networks_may_scrape():
     # Adjacent prefixes merge; the loopback and the instance IPs are always there.
     assert metrics.scrapers(host, ["192.0.2.0/25", "192.0.2.128/25", "2001:db8::/32"]) == (
         ["10.1.11.43/32", "10.1.11.44/32", "127.0.0.0/8", "192.0.2.0/24"], ["::1/128", "2001:db8::/32"])
-    rules = metrics.files(host, [])[metrics.FIREWALL_RULES]
+    rules = metrics.files(host, [], fleet().dkim)[metrics.FIREWALL_RULES]
     assert "ip saddr @scrapers4 accept" in rules and "reject with tcp reset" in rules
     assert "elements = { 10.1.11.43/32, 10.1.11.44/32, 127.0.0.0/8 }" in rules
 
@@ -86,8 +87,21 @@ def test_the_scrape_configs_name_every_instance_and_host():
 
 
 def test_every_instance_gets_an_exporter_on_its_own_ip():
-    files = metrics.files(fleet().hosts[0], [])
+    files = metrics.files(fleet().hosts[0], [], fleet().dkim)
     assert files[f"{metrics.EXPORTER_ENV_DIR}/postfix-43.env"].endswith("LISTEN=10.1.11.43:9154\n")
     assert files[f"{metrics.EXPORTER_ENV_DIR}/postfix-44.env"].endswith("LISTEN=10.1.11.44:9154\n")
     unit = files[metrics.EXPORTER_UNIT_FILE]
     assert "--postfix.showq_path=/var/spool/%i/public/showq" in unit and "--postfix.logfile_path=/dev/null" in unit
+
+
+def test_the_signer_probe_sends_each_signer_with_keys_mail_from_a_domain_it_signs():
+    config = fleet()
+    scripts = metrics.probe_scripts(config.dkim)
+    rsa_domains = {key.domain for key in config.dkim if key.algorithm == "rsa"}
+    assert list(scripts) == [f"{metrics.PROBE_SCRIPTS}/opendkim.lua"]
+    sender = re.search(r'mt.mailfrom\(conn, "signer-probe@([^"]+)"\)', scripts[f"{metrics.PROBE_SCRIPTS}/opendkim.lua"])
+    assert sender and sender.group(1) in rsa_domains
+    assert f'"i", "{metrics.PROBE_JOB}"' in scripts[f"{metrics.PROBE_SCRIPTS}/opendkim.lua"]
+    # An Ed25519 key adds its signer's probe; a signer without keys has none (it would never sign).
+    ed = fleet(dkim=[{"domain": "example.com", "selector": "ed1", "algorithm": "ed25519"}])
+    assert list(metrics.probe_scripts(ed.dkim)) == [f"{metrics.PROBE_SCRIPTS}/opendkim-ed25519.lua"]

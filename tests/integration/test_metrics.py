@@ -346,6 +346,29 @@ def test_every_submitted_message_is_counted_as_signed(prometheus, traffic):
     assert prometheus("sum(mailfleet_dkim_errors_total)") in ({}, {(): 0.0})
 
 
+def test_the_signer_probe_times_each_signature_and_counts_a_failure(host, prometheus, traffic):
+    def probes(metric):
+        return prometheus(f'sum by (signer) ({metric})').get(("opendkim",), 0.0)
+    signed = probes("mailfleet_dkim_probe_seconds_count")
+    assert host.run("systemctl start mailfleet-signer-probe.service", check=False)[0] == 0
+    wait_for(lambda: probes("mailfleet_dkim_probe_seconds_count") > signed, "a timed probe in Prometheus")
+    mean = probes("mailfleet_dkim_probe_seconds_sum") / probes("mailfleet_dkim_probe_seconds_count")
+    assert 0 < mean < 1, mean
+    figures["signer probe mean seconds"] = round(mean, 4)
+    # The probe's signatures are not mail signed.
+    assert prometheus('sum(mailfleet_dkim_signatures_total{domain="example.com",selector="s1"})') == \
+        {(): figures["signatures before"] + submitted()}
+    # The signer stopped: the probe fails (and says why in the log), and the failure is counted.
+    failed = probes("mailfleet_dkim_probe_failures_total")
+    host.run("systemctl stop opendkim")
+    try:
+        assert host.run("systemctl start mailfleet-signer-probe.service", check=False)[0] != 0
+        wait_for(lambda: probes("mailfleet_dkim_probe_failures_total") > failed, "a failed probe in Prometheus")
+        assert "opendkim failed: no connection" in host.run("grep -F mailfleet-signer-probe /var/log/mail.log")[1]
+    finally:
+        host.run("systemctl start opendkim")
+
+
 def test_prometheus_loaded_the_shipped_alerting_rules(host, prometheus):
     rules = json.loads(http_get(host, "127.0.0.1", 9090, "/api/v1/rules"))["data"]["groups"]
     assert {rule["name"] for group in rules for rule in group["rules"]} >= {"MailfleetInstanceDown", "MailfleetIpBlocklisted"}
