@@ -10,7 +10,7 @@
   records (deliveries by instance, IP, group, outcome and status class) and, from rsyslog's
   /var/log/mail.log, outgoing TLS and connection outcomes and OpenDKIM's signatures and errors
   (templates/etc/mailfleet/mtail/). rsyslog is there anyway: Debian's exporter depends on it.
-- The signer probe (mailfleet-signer-probe.timer): every minute one message to each OpenDKIM
+- The signer probe (mailfleet-dkim-probe.timer): every minute one message to each OpenDKIM
   signer that has keys, as Postfix hands it (miltertest), timed; its log line becomes
   mailfleet_dkim_probe_seconds and mailfleet_dkim_probe_failures_total through mtail.
 - nftables table `inet mailfleet_metrics`: both ports answer this host (loopback and its instance
@@ -40,12 +40,12 @@ MTAIL_PROGRAMS = "/etc/mailfleet/mtail"
 MTAIL_SOURCES = render.TEMPLATES / "etc/mailfleet/mtail"
 DELIVERY_LOG = "/var/log/mailfleet/deliveries.jsonl"  # mailfleet-deliveries writes it
 MAIL_LOG = "/var/log/mail.log"  # rsyslog writes it (Debian's default rules)
-PROBE_UNIT = "mailfleet-signer-probe"
+PROBE_UNIT = "mailfleet-dkim-probe"
 PROBE_UNIT_FILE = f"/etc/systemd/system/{PROBE_UNIT}.service"
 PROBE_TIMER_FILE = f"/etc/systemd/system/{PROBE_UNIT}.timer"
-PROBE_PROGRAM = "/usr/local/lib/mailfleet/signer-probe.sh"
-PROBE_SCRIPTS = "/etc/mailfleet/signer-probe"  # SIGNER.lua, one a signer
-PROBE_JOB = "mailfleet-signer-probe"  # the queue id OpenDKIM logs the probe's signature under
+PROBE_PROGRAM = "/usr/local/lib/mailfleet/dkim-probe.sh"
+PROBE_SCRIPTS = "/etc/mailfleet/dkim-probe"  # SIGNER.lua, one a signer
+PROBE_JOB = "mailfleet-dkim-probe"  # the queue id OpenDKIM logs the probe's signature under
 FIREWALL_UNIT = "mailfleet-metrics-firewall"
 FIREWALL_UNIT_FILE = f"/etc/systemd/system/{FIREWALL_UNIT}.service"
 FIREWALL_RULES = "/etc/mailfleet/metrics.nft"
@@ -107,8 +107,8 @@ def probe_scripts(keys: Sequence[DkimKey]) -> dict[str, str]:
         domains = [key.domain for key in signing.signing_keys(keys, signer.algorithm)]
         if domains:
             out[f"{PROBE_SCRIPTS}/{signer.unit}.lua"] = render.render(
-                "etc/mailfleet/signer-probe.lua.j2", unit=signer.unit, socket=signer.milter,
-                sender=f"signer-probe@{domains[-1]}", job=PROBE_JOB)
+                "etc/mailfleet/dkim-probe.lua.j2", unit=signer.unit, socket=signer.milter,
+                sender=f"dkim-probe@{domains[-1]}", job=PROBE_JOB)
     return out
 
 
@@ -125,10 +125,10 @@ def files(host: Host, networks: Sequence[str], keys: Sequence[DkimKey]) -> dict[
         MTAIL_UNIT_FILE: render.render("etc/systemd/system/mailfleet-mtail.service.j2", programs=MTAIL_PROGRAMS,
                                        delivery_log=DELIVERY_LOG, mail_log=MAIL_LOG, port=LOG_PORT,
                                        firewall_unit=FIREWALL_UNIT),
-        PROBE_PROGRAM: render.render("usr/local/lib/mailfleet/signer-probe.sh.j2", scripts=PROBE_SCRIPTS),
-        PROBE_UNIT_FILE: render.render("etc/systemd/system/mailfleet-signer-probe.service.j2", program=PROBE_PROGRAM,
+        PROBE_PROGRAM: render.render("usr/local/lib/mailfleet/dkim-probe.sh.j2", scripts=PROBE_SCRIPTS),
+        PROBE_UNIT_FILE: render.render("etc/systemd/system/mailfleet-dkim-probe.service.j2", program=PROBE_PROGRAM,
                                        identifier=PROBE_UNIT, mail_log=MAIL_LOG),
-        PROBE_TIMER_FILE: render.render("etc/systemd/system/mailfleet-signer-probe.timer.j2"),
+        PROBE_TIMER_FILE: render.render("etc/systemd/system/mailfleet-dkim-probe.timer.j2"),
         **probe_scripts(keys),
     }
     for instance in host.instances:

@@ -93,13 +93,13 @@ JOURNAL_LINES = [
     " d2i_PrivateKey_bio() failed",
     "2026-12-04T19:10:04+0000 mailtest postfix-43/qmgr[555]: 4Xy1Zq0abcz9: removed",
     # The signer probe: its signature is not mail signed; its timings and failures per signer.
-    "2026-12-04T19:10:05+0000 mailtest opendkim[77]: mailfleet-signer-probe: DKIM-Signature field added"
+    "2026-12-04T19:10:05+0000 mailtest opendkim[77]: mailfleet-dkim-probe: DKIM-Signature field added"
     " (s=s1, d=example.com)",
-    "2026-12-04T19:10:05+0000 mailtest mailfleet-signer-probe[901]: opendkim signed in 3200 us",
-    "2026-12-04T19:11:05+0000 mailtest mailfleet-signer-probe[902]: opendkim signed in 41000 us",
-    "2026-12-04T19:11:05+0000 mailtest mailfleet-signer-probe[902]: opendkim-ed25519 failed: no connection (the"
+    "2026-12-04T19:10:05+0000 mailtest mailfleet-dkim-probe[901]: opendkim signed in 3200 us",
+    "2026-12-04T19:11:05+0000 mailtest mailfleet-dkim-probe[902]: opendkim signed in 41000 us",
+    "2026-12-04T19:11:05+0000 mailtest mailfleet-dkim-probe[902]: opendkim-ed25519 failed: no connection (the"
     " signer is not running, or its socket is unreachable)",
-    "2026-12-04T19:12:05+0000 mailtest mailfleet-signer-probe[903]: opendkim-ed25519 failed:",
+    "2026-12-04T19:12:05+0000 mailtest mailfleet-dkim-probe[903]: opendkim-ed25519 failed:",
 ]
 
 JOURNAL_COUNTERS = {

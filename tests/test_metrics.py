@@ -99,7 +99,7 @@ def test_the_signer_probe_sends_each_signer_with_keys_mail_from_a_domain_it_sign
     scripts = metrics.probe_scripts(config.dkim)
     rsa_domains = {key.domain for key in config.dkim if key.algorithm == "rsa"}
     assert list(scripts) == [f"{metrics.PROBE_SCRIPTS}/opendkim.lua"]
-    sender = re.search(r'mt.mailfrom\(conn, "signer-probe@([^"]+)"\)', scripts[f"{metrics.PROBE_SCRIPTS}/opendkim.lua"])
+    sender = re.search(r'mt.mailfrom\(conn, "dkim-probe@([^"]+)"\)', scripts[f"{metrics.PROBE_SCRIPTS}/opendkim.lua"])
     assert sender and sender.group(1) in rsa_domains
     assert f'"i", "{metrics.PROBE_JOB}"' in scripts[f"{metrics.PROBE_SCRIPTS}/opendkim.lua"]
     # An Ed25519 key adds its signer's probe; a signer without keys has none (it would never sign).

@@ -350,7 +350,7 @@ def test_the_signer_probe_times_each_signature_and_counts_a_failure(host, promet
     def probes(metric):
         return prometheus(f'sum by (signer) ({metric})').get(("opendkim",), 0.0)
     signed = probes("mailfleet_dkim_probe_seconds_count")
-    assert host.run("systemctl start mailfleet-signer-probe.service", check=False)[0] == 0
+    assert host.run("systemctl start mailfleet-dkim-probe.service", check=False)[0] == 0
     wait_for(lambda: probes("mailfleet_dkim_probe_seconds_count") > signed, "a timed probe in Prometheus")
     mean = probes("mailfleet_dkim_probe_seconds_sum") / probes("mailfleet_dkim_probe_seconds_count")
     assert 0 < mean < 1, mean
@@ -362,9 +362,9 @@ def test_the_signer_probe_times_each_signature_and_counts_a_failure(host, promet
     failed = probes("mailfleet_dkim_probe_failures_total")
     host.run("systemctl stop opendkim")
     try:
-        assert host.run("systemctl start mailfleet-signer-probe.service", check=False)[0] != 0
+        assert host.run("systemctl start mailfleet-dkim-probe.service", check=False)[0] != 0
         wait_for(lambda: probes("mailfleet_dkim_probe_failures_total") > failed, "a failed probe in Prometheus")
-        assert "opendkim failed: no connection" in host.run("grep -F mailfleet-signer-probe /var/log/mail.log")[1]
+        assert "opendkim failed: no connection" in host.run("grep -F mailfleet-dkim-probe /var/log/mail.log")[1]
     finally:
         host.run("systemctl start opendkim")
 
