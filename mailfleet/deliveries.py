@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """mailfleet-deliveries: the delivery log, one JSON line per delivery attempt of every Postfix instance.
 
-It follows the journal (journalctl, filtered to Postfix's processes), correlates each instance's
+It follows the journal in-process (libsystemd's sd-journal through Debian's python3-systemd, matched
+to Postfix's processes: no journalctl, no JSON in between), correlates each instance's
 lines per queue id (cleanup's message-id=, qmgr's from=, smtpd's sasl_username=, the delivery
 agent's to=/relay=/delay=/dsn=/status=) and appends one record per recipient per attempt to the
 log file: compact JSON, the keys of KEYS in that order (docs/host.md describes each).
@@ -28,6 +29,7 @@ goes to the journal when one starts and when it ends (checked every second, with
 
     mailfleet-deliveries --config /etc/mailfleet/deliveries.json --log FILE --state FILE
     mailfleet-deliveries --config FILE --parse < journalctl-json-lines   (records on stdout, for checks)
+    mailfleet-deliveries --config FILE --journal   (this boot's records, read as the service reads, on stdout)
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import re
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -62,6 +63,7 @@ QUEUE_IDS = 100_000  # messages remembered (evicted at "removed"; the oldest go 
 DOMAINS = 10_000  # recipient domain -> group, for attempts outside a group's transport (error, retry)
 BATCH_SECONDS = 1.0
 BATCH_RECORDS = 5_000
+ROUND_ENTRIES = 20_000  # entries read between two looks at the clock (checkpoint, back-offs, stop)
 
 _QUEUED = re.compile(r"([0-9A-Za-z]{5,}): (.*)\Z", re.S)
 _DELIVERY = re.compile(r"to=<(?P<to>.*?)>, (?P<fields>.*?)status=(?P<status>[a-z]+)(?: \((?P<reply>.*)\))?\Z", re.S)
@@ -183,10 +185,39 @@ def line(record: dict) -> str:
 
 
 def journal_text(value) -> str:
-    """journalctl's JSON gives a field that is not UTF-8 as an array of bytes."""
+    """A field as journalctl's JSON gives it: a string; an array of bytes when it is not UTF-8; an
+    array of those when the entry has the field more than once (sd-journal reads the first)."""
+    if isinstance(value, list) and value and not isinstance(value[0], int):
+        value = value[0]
     if isinstance(value, list):
         return bytes(value).decode("utf-8", "replace")
     return value or ""
+
+
+def open_journal():
+    """The system journal, matched to Postfix's processes (the same field ORs its values)."""
+    from systemd import journal  # Debian's python3-systemd; only the service needs it, not --parse
+
+    reader = journal.Reader()
+    reader.data_threshold = 0  # fields in full, as journalctl --all (sd-journal cuts at 64 KiB by default)
+    for name in PROCESSES:
+        reader.add_match(f"_COMM={name}")
+    return reader
+
+
+def field(reader, name: str) -> str:
+    """One field of the reader's current entry, as journal_text gives it from journalctl's JSON."""
+    try:
+        return reader._get(name).decode("utf-8", "replace")
+    except KeyError:
+        return ""
+
+
+def entries(reader):
+    """(realtime, identifier, text) of each entry from the reader's position on, until its end.
+    The low-level calls: Reader.get_next() would decode and convert every field of every entry."""
+    while reader._next():
+        yield reader._get_realtime(), field(reader, "SYSLOG_IDENTIFIER"), field(reader, "MESSAGE")
 
 
 class DeliveryLog:
@@ -195,6 +226,8 @@ class DeliveryLog:
         self.tracker, self.log_path, self.state_path, self.boot_id = tracker, log_path, state_path, boot_id
         self.pushback, self.pushback_path, self.clock = pushback, pushback_path, clock
         self.cursor: str | None = None
+        self.reader = None  # the journal being read: the checkpoint takes its position as the cursor
+        self.unsaved = False  # entries read since the cursor was last taken
         self.skip = 0
         self.pending: list[str] = []
         self.reopen = False
@@ -241,6 +274,8 @@ class DeliveryLog:
         self.log = os.fdopen(fd, "a", encoding="utf-8")
 
     def checkpoint(self):
+        if self.unsaved:
+            self.cursor, self.unsaved = self.reader._get_cursor(), False
         if self.pushback and self.pushback.changed:  # started, pushed out or ended
             write_state(self.pushback_path, self.pushback.state())
             self.pushback.changed = False
@@ -260,11 +295,9 @@ class DeliveryLog:
             self.checkpoint()
 
     # ---- entries ----
-    def entry(self, fields: dict):
-        records = self.tracker.entry(int(fields["__REALTIME_TIMESTAMP"]), journal_text(fields.get("SYSLOG_IDENTIFIER")),
-                                     journal_text(fields.get("MESSAGE")))
-        self.cursor = fields["__CURSOR"]
-        for record in records:
+    def entry(self, realtime: int, identifier: str, text: str):
+        self.unsaved = True
+        for record in self.tracker.entry(realtime, identifier, text):
             if self.pushback:
                 self._say(self.pushback.observe(record, self.clock()))
             if self.skip:
@@ -285,50 +318,39 @@ class DeliveryLog:
                 self.checkpoint()
 
     def follow(self):
-        journal = ["journalctl", "--all", "--output=json", "--output-fields=MESSAGE,SYSLOG_IDENTIFIER",
-                   *(f"_COMM={name}" for name in PROCESSES)]
-        # From the checkpoint to now, across boots: what a reboot left unread of the last one.
+        """The journal into the log, from the checkpoint (or, at the first start, from this boot's
+        start), across boots, then as it grows, until the service stops."""
+        self.reader = reader = open_journal()
+        poller = select.poll()  # sd-journal's inotify descriptor, from the start: no change is missed
+        poller.register(reader.fileno(), reader.get_events())
         if self.cursor:
-            self.read(journal + [f"--after-cursor={self.cursor}"], follow=False)
-        # Then this boot, followed: exactly after the last entry read, or (first start) all of it.
-        # Always with --boot=ID: without one, --follow keeps to the boot that the process's own
-        # /proc/sys/kernel/random/boot_id names, and in a container a sandboxed service's /proc
-        # (ProtectProc=, ProtectKernelTunables=) shows the host kernel's id, not the container's:
-        # no entry at all (Debian 12 under systemd-nspawn).
-        position = [f"--after-cursor={self.cursor}"] if self.cursor else ["--no-tail"]
-        self.read(journal + ["--follow", f"--boot={self.boot_id}", *position], follow=True)
+            reader.seek_cursor(self.cursor)
+            # Onto the checkpoint's entry, which was read; if the journal no longer has it
+            # (vacuumed), onto the next entry, which was not.
+            if reader._next() and not reader.test_cursor(self.cursor):
+                self.entry(reader._get_realtime(), field(reader, "SYSLOG_IDENTIFIER"), field(reader, "MESSAGE"))
+        else:
+            reader.add_match(f"_BOOT_ID={self.boot_id}")  # what earlier boots logged is not this log's
+            reader.seek_head()
+        last = time.monotonic()
+        while not self.stop:
+            behind = False  # more entries wait: no pause before the next round
+            for count, (realtime, identifier, text) in enumerate(entries(reader), 1):
+                self.entry(realtime, identifier, text)
+                if count >= ROUND_ENTRIES or len(self.pending) >= BATCH_RECORDS or self.stop:
+                    behind = True
+                    break
+            self.expire()
+            now = time.monotonic()
+            if self.reopen or len(self.pending) >= BATCH_RECORDS or now - last >= BATCH_SECONDS:
+                if self.pending or self.reopen or self.unsaved:
+                    self.checkpoint()
+                last = now
+            if not behind and not self.stop:
+                # Until the journal changes, at most a batch's time (back-offs end meanwhile).
+                poller.poll(BATCH_SECONDS * 1000)
+                reader.process()
         # Only whole entries were taken: what was read is all written before the exit.
-        self.checkpoint()
-
-    def read(self, command: list[str], follow: bool):
-        """journalctl's entries into the log, checkpointed in batches, until it ends (not
-        following) or the service stops."""
-        journal = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        fd, buffered, last, saved = journal.stdout.fileno(), b"", time.monotonic(), self.cursor
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        try:
-            while not self.stop:
-                if poller.poll(BATCH_SECONDS * 1000):
-                    chunk = os.read(fd, 1 << 20)
-                    if not chunk:
-                        if follow:
-                            raise SystemExit(f"journalctl ended ({journal.wait()})")
-                        break
-                    *lines, buffered = (buffered + chunk).split(b"\n")
-                    for raw in lines:
-                        if raw:
-                            self.entry(json.loads(raw))
-                self.expire()
-                now = time.monotonic()
-                if self.reopen or len(self.pending) >= BATCH_RECORDS or now - last >= BATCH_SECONDS:
-                    if self.pending or self.reopen or self.cursor != saved:
-                        self.checkpoint()
-                        saved = self.cursor
-                    last = now
-        finally:
-            journal.terminate()
-            journal.wait()
         self.checkpoint()
 
 
@@ -345,15 +367,18 @@ def notify(message: str):
 
 def current_boot_id() -> str | None:
     """This boot as the journal names it: that of systemd's (PID 1) newest entry, which is its
-    start of this service; not this process's /proc/sys/kernel/random/boot_id (see follow).
-    None when the system journal cannot be read: without the right to, journalctl shows only the
+    start of this service; not this process's /proc/sys/kernel/random/boot_id, which in a container
+    a sandboxed service (ProtectProc=, ProtectKernelTunables=) sees as the host kernel's.
+    None when the system journal cannot be read: without the right to, sd-journal shows only the
     caller's own entries, and the log would stay empty."""
-    result = subprocess.run(["journalctl", "--quiet", "--lines=1", "--output=json",
-                             "--output-fields=_BOOT_ID", "_PID=1"],
-                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    if result.returncode != 0 or not result.stdout.strip():
+    from systemd import journal
+
+    reader = journal.Reader()
+    reader.add_match("_PID=1")
+    reader.seek_tail()
+    if not reader._previous():
         return None
-    return json.loads(result.stdout.splitlines()[-1])["_BOOT_ID"]
+    return field(reader, "_BOOT_ID") or None
 
 
 def read_config(path: str) -> tuple[Tracker, PushBack | None, str | None]:
@@ -371,6 +396,8 @@ def main():
     parser.add_argument("--log", help="the delivery log (JSON lines), appended to")
     parser.add_argument("--state", help="the checkpoint: journal cursor, per-queue-id memory, log offset")
     parser.add_argument("--parse", action="store_true", help="records of journalctl JSON lines on stdin, to stdout")
+    parser.add_argument("--journal", action="store_true",
+                        help="records of this boot's journal, read as the service reads it, to stdout")
     args = parser.parse_args()
     tracker, pushback, pushback_path = read_config(args.config)
     if args.parse:
@@ -380,8 +407,15 @@ def main():
                                         journal_text(fields.get("MESSAGE"))):
                 sys.stdout.write(line(record))
         return
+    if args.journal:
+        reader = open_journal()
+        reader.add_match(f"_BOOT_ID={current_boot_id()}")
+        for entry in entries(reader):
+            for record in tracker.entry(*entry):
+                sys.stdout.write(line(record))
+        return
     if not args.log or not args.state:
-        parser.error("--log and --state (follow the journal), or --parse")
+        parser.error("--log and --state (follow the journal), or --parse, or --journal")
     boot_id = current_boot_id()
     if boot_id is None:
         raise SystemExit("cannot read the system journal (the service runs in group systemd-journal)")

@@ -20,11 +20,12 @@ from mailfleet.config import Fleet, Host, Instance
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 # Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
-# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map, mailfleet-deliveries),
+# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map, mailfleet-deliveries) and
+# python3-systemd (the delivery log reads the journal in-process, through libsystemd's sd-journal),
 # logrotate (the delivery log's rotation) and the metrics' exporter, mtail, rsyslog (whose
 # /var/log/mail.log mtail reads) and nftables (mailfleet/metrics.py).
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3", "logrotate",
-            "prometheus-postfix-exporter", "mtail", "rsyslog", "nftables")
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3", "python3-systemd",
+            "logrotate", "prometheus-postfix-exporter", "mtail", "rsyslog", "nftables")
 DPKG_LOCK_TIMEOUT = 300  # seconds the install waits for another apt/dpkg run to finish
 STEPS = render.TEMPLATES / "steps"
 # A VM's wanted addresses (IP/prefix a line), written by its network step: an address not listed

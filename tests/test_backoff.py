@@ -7,7 +7,7 @@ from mailfleet import backoff, render, shaping
 from mailfleet.backoff import PushBack
 from mailfleet.deliveries import DeliveryLog, Tracker
 from mailfleet.shaping_map import Backoffs, GroupMap
-from test_deliveries import entries
+from test_deliveries import entries, read
 from test_render import settings
 from test_shaping import fleet_with, prod_hosts
 
@@ -118,8 +118,7 @@ def test_the_delivery_log_service_writes_the_back_offs_and_ends_them(tmp_path, c
                           str(tmp_path / "checkpoint"), "boot", PushBack(RULES, ["postfix-43"]), str(state),
                           clock=lambda: clock[0])
     service.load()
-    for e in feed:
-        service.entry(e)
+    read(service, feed)
     service.checkpoint()
     records = [json.loads(x) for x in open(tmp_path / "log")]
     assert [r["group"] for r in records] == ["google", "google"]  # the slow transport is the group too
@@ -131,7 +130,7 @@ def test_the_delivery_log_service_writes_the_back_offs_and_ends_them(tmp_path, c
     later = entries([lines[1]])[0]
     later.update({"__REALTIME_TIMESTAMP": str(int((T + 60) * 1_000_000)), "__CURSOR": "c9"})
     clock[0] = T + 60
-    service.entry(later)
+    read(service, [later])
     service.checkpoint()
     assert json.loads(state.read_text())["active"][0]["until"] == T + 60 + 90 * 60
     assert capsys.readouterr().out == ""

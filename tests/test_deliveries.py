@@ -95,25 +95,41 @@ def test_memory_is_bounded_and_removed_messages_are_forgotten(monkeypatch):
     assert "postfix-43/QUEUE00049" not in t.messages
 
 
+class Position:
+    """The sd-journal reader as the checkpoint sees it: the cursor of the entry last read."""
+
+    def __init__(self):
+        self.cursor = None
+
+    def _get_cursor(self):
+        return self.cursor
+
+
+def read(log: DeliveryLog, feed: list[dict]):
+    """The entries into the log as the service's reader hands them over."""
+    log.reader = log.reader or Position()
+    for e in feed:
+        log.reader.cursor = e["__CURSOR"]
+        log.entry(int(e["__REALTIME_TIMESTAMP"]), e["SYSLOG_IDENTIFIER"], e["MESSAGE"])
+
+
 def test_a_restart_after_a_crash_between_writing_and_checkpointing_repeats_nothing(tmp_path):
     log, state = str(tmp_path / "deliveries.jsonl"), str(tmp_path / "state.json")
     feed = entries()
     first = DeliveryLog(tracker(), log, state, "boot")
     first.load()
-    for e in feed[:5]:
-        first.entry(e)
+    read(first, feed[:5])
     first.checkpoint()
-    for e in feed[5:9]:  # written, but the checkpoint never happens: the process dies
-        first.entry(e)
+    read(first, feed[5:9])  # written, but the checkpoint never happens: the process dies
     first.log.write("".join(first.pending))
     first.log.write('{"time":"partial')  # and in mid-line
     first.log.close()
     second = DeliveryLog(tracker(), log, state, "boot")
     second.load()
     assert second.cursor == "c4" and second.skip == 4
-    for e in feed[5:]:
-        second.entry(e)
+    read(second, feed[5:])
     second.checkpoint()
+    assert second.cursor == f"c{len(feed) - 1}"
     lines = open(log).read().splitlines()
     assert [json.loads(x)["recipient"] for x in lines] == [r["recipient"] for r in records()]
 

@@ -3,8 +3,8 @@
 Boots the test host, applies the program with test_deliveries.py's configuration (two instances,
 fake receivers, the test DNS server), sends MESSAGES messages with Postfix's smtp-source through
 both instances to an accepting receiver, and prints the CPU time (user + system, from /proc) that
-the service spent meanwhile, its journalctl reader included, per delivered message; and the lag
-from the last delivery to its line in the log.
+the service spent meanwhile (it reads the journal in-process), per delivered message, beside
+OpenDKIM's on the same messages; and how fast the lines reached the log.
 
 Prints figures only; it asserts no time. Run: scripts/benchmark-deliveries [--suite bookworm] [--messages N]
 """
@@ -23,18 +23,18 @@ from integration.receiving import receiving, use_test_resolver  # noqa: E402
 from integration.test_deliveries import DNS_IP, INSTANCES, LOG, RECEIVERS, REPLIES, ZONE, apply  # noqa: E402
 from integration.testhost import SUITE, SUITES, booted  # noqa: E402
 
-# utime + stime in clock ticks of: the delivery log's parser (the service's main process), its
-# journalctl reader (its children), and OpenDKIM (the signer of the same messages, for scale); then
-# the tick rate.
+# utime + stime in clock ticks of: the delivery log service (its main process, which reads the
+# journal itself, and any children, which it should not have), and OpenDKIM (the signer of the same
+# messages, for scale); then the tick rate.
 CPU = r"""ticks() { set -- $(sed 's/^.*) //' /proc/$1/stat); echo $((${12} + ${13})); }
 pid=$(systemctl show -p MainPID --value mailfleet-deliveries)
 children=0; for p in $(cat /proc/$pid/task/*/children 2>/dev/null); do children=$((children + $(ticks $p))); done
-echo "$(ticks $pid) $children $(ticks $(systemctl show -p MainPID --value opendkim)) $(getconf CLK_TCK)"
+echo "$((  $(ticks $pid) + children )) $(ticks $(systemctl show -p MainPID --value opendkim)) $(getconf CLK_TCK)"
 """
 
 
-def cpu_seconds(host) -> tuple[float, float, float]:
-    """(parser, journalctl, OpenDKIM) CPU seconds so far."""
+def cpu_seconds(host) -> tuple[float, float]:
+    """(delivery log, OpenDKIM) CPU seconds so far."""
     *ticks, rate = (int(word) for word in host.run(CPU)[1].split())
     return tuple(t / rate for t in ticks)
 
@@ -64,7 +64,7 @@ def main():
             time.sleep(1)
         lag_started = time.monotonic()
         logged = sent_lines(host) - before_lines
-        parser, journal, signer = (now - then for now, then in zip(cpu_seconds(host), before_cpu))
+        service, signer = (now - then for now, then in zip(cpu_seconds(host), before_cpu))
         elapsed = lag_started - started
 
         def per_message(seconds: float) -> str:
@@ -72,8 +72,7 @@ def main():
 
         print(f"{SUITES[args.suite]}: {total} messages submitted and delivered, {logged} sent lines in the "
               f"log in {elapsed:.0f} s ({logged / elapsed:.0f} a second)")
-        print(f"mailfleet-deliveries CPU (with its journalctl): {per_message(parser + journal)}")
-        print(f"  of which the parser: {per_message(parser)}; journalctl: {per_message(journal)}")
+        print(f"mailfleet-deliveries CPU (reading the journal in-process): {per_message(service)}")
         print(f"OpenDKIM signing the same messages, for scale: {per_message(signer)}")
 
 

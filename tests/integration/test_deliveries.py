@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from integration.test_apply import StatefulMocks, step_output
 from integration.test_metrics import http_get
 from integration.test_tenants import PASSWORDS, session
 from integration.testhost import TestHost, booted
-from mailfleet.deliveries import KEYS
+from mailfleet.deliveries import KEYS, PROCESSES
 from mtail_cases import mailfleet_series
 
 pytestmark = pytest.mark.integration
@@ -296,3 +297,67 @@ def test_a_second_apply_changes_nothing(host, traffic):
     assert not [line for line in output.splitlines() if "deliveries" in line and
                 re.match(r"(changed|restarted|started|created) ", line)], output
     assert host.run("systemctl show -p MainPID --value mailfleet-deliveries")[1].strip() == pid
+
+
+# Entries no Postfix writes, under a delivery agent's name: journald's _COMM is the name the program
+# was started by, so logger and python3 started through a link called "smtp" log as the smtp client
+# does. Each stays a second after it logs: journald reads _COMM from /proc when it takes the entry,
+# and from a process gone by then it gets none. Last in the module: the service writes their
+# records to the log too.
+AGENT = "postfix-43/smtp-default/smtp"
+HOSTILE_SYSLOG = [  # through the syslog socket (logger), as Postfix logs
+    b"HOSTILE0001: to=<\xff\xfe@bad.example>, relay=none, delay=1, delays=1/0/0/0, dsn=5.0.0, "
+    b"status=bounced (\x01 \"quoted\" \\ back\tslash \xc3\x28)",
+    b"HOSTILE0002: to=<unterminated",
+    b"status=sent (no queue id)",
+]
+HOSTILE_NATIVE = [  # through the journal's own protocol (python3): a field twice, a field above 64 KiB
+    f"SYSLOG_IDENTIFIER={AGENT}\n"
+    "MESSAGE=HOSTILE0003: to=<first@x.example>, relay=none, delay=1, dsn=2.0.0, status=sent (250 first)\n"
+    "MESSAGE=HOSTILE0003: to=<second@x.example>, relay=none, delay=1, dsn=2.0.0, status=sent (250 second)\n",
+    f"SYSLOG_IDENTIFIER={AGENT}\n"
+    "MESSAGE=HOSTILE0004: to=<long@x.example>, relay=none, delay=1, dsn=4.0.0, status=deferred (host x said: 421 "
+    + "A" * 70_000 + ")\n",
+]
+SEND_NATIVE = """import socket, sys, time
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(sys.stdin.buffer.read(), "/run/systemd/journal/socket")
+time.sleep(1)
+"""
+
+
+def octal(data: bytes) -> str:
+    """Every byte as printf's octal escape: any bytes on an ASCII command line."""
+    return "".join("\\%03o" % byte for byte in data)
+
+
+def test_the_service_reads_the_journal_as_journalctl_shows_it_hostile_entries_too(host, traffic):
+    """Differential: the in-process reader (sd-journal, what the service runs) against journalctl's
+    JSON through the same parser, on this boot's whole journal, the hostile entries included."""
+    host.run("mkdir -p /run/mailfleet-test/syslog /run/mailfleet-test/native && "
+             "ln -sf /usr/bin/logger /run/mailfleet-test/syslog/smtp && "
+             "ln -sf /usr/bin/python3 /run/mailfleet-test/native/smtp")
+    for text in HOSTILE_SYSLOG:
+        host.run(f"(printf '{octal(text)}\\n'; sleep 1) | /run/mailfleet-test/syslog/smtp -t {AGENT}")
+    for datagram in HOSTILE_NATIVE:
+        host.run(f"/run/mailfleet-test/native/smtp -c {shlex.quote(SEND_NATIVE)} <<'EOF'\n{datagram}EOF")
+    config = "/etc/mailfleet/deliveries.json"
+    program = "/usr/bin/python3 -I /usr/local/sbin/mailfleet-deliveries"
+    # Both read until the end; the journal only grows: the first read is a prefix of the second.
+    in_process = host.run(f"{program} --config {config} --journal")[1].splitlines()
+    through_journalctl = host.run(
+        "journalctl -b --all -o json --output-fields=MESSAGE,SYSLOG_IDENTIFIER "
+        + " ".join(f"_COMM={name}" for name in PROCESSES) + f" | {program} --config {config} --parse")[1].splitlines()
+    assert in_process and through_journalctl[:len(in_process)] == in_process
+    hostile = {r["queue_id"]: r for r in map(json.loads, in_process) if r["queue_id"].startswith("HOSTILE")}
+    assert set(hostile) == {"HOSTILE0001", "HOSTILE0003", "HOSTILE0004"}, hostile
+    assert hostile["HOSTILE0001"]["recipient"] == "\ufffd\ufffd@bad.example"
+    assert hostile["HOSTILE0003"]["recipient"] == "first@x.example"  # a repeated field: its first value
+    assert len(hostile["HOSTILE0004"]["reply"]) > 70_000  # read in full, not cut at sd-journal's threshold
+    # ... and the service wrote the same records (it reads what --journal reads).
+    deadline = time.monotonic() + 30
+    while True:
+        logged = {r["queue_id"]: r for r in log_records(host) if r["queue_id"].startswith("HOSTILE")}
+        if logged == hostile or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert logged == hostile

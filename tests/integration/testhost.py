@@ -9,8 +9,8 @@ Nothing can leave the namespace: it has no other interface.
 
 The root filesystem is built once per suite with debootstrap from the Debian mirror apt already
 uses on this machine for bookworm (the same URI serves trixie), with the mail packages
-(MAIL_PACKAGES: postfix, opendkim, opendkim-tools, miltertest, dovecot-core, logrotate, and the
-metrics' prometheus-postfix-exporter, mtail, rsyslog and nftables) downloaded, not
+(MAIL_PACKAGES: postfix, opendkim, opendkim-tools, miltertest, dovecot-core, logrotate,
+python3-systemd (the delivery log's journal reader), and the metrics' prometheus-postfix-exporter, mtail, rsyslog and nftables) downloaded, not
 installed, into its apt cache, so the program under test can `apt-get install` them with no
 network. It is cached as
 a tarball per suite (SUITE-vIMAGE_VERSION) and every TestHost boots a fresh copy of it.
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from skips import skip_or_fail  # noqa: F401  (the suite's one skip helper, re-exported)
 
-IMAGE_VERSION = "4-dovecot-miltertest-logrotate-metrics"  # bump whenever the rootfs recipe below changes
+IMAGE_VERSION = "5-journal-reader"  # bump whenever the rootfs recipe below changes
 SUITE = "bookworm"  # the default suite; the mirror is found by its line in apt's sources
 SUITES = {"bookworm": "debian12", "trixie": "debian13"}  # suite -> test id
 HOSTNAME = "mailtest"
@@ -56,7 +56,7 @@ OUTSIDE_CLIENT_IP = "192.0.2.10"
 SINK_PORT = 2525
 BASE_PACKAGES = ["systemd-sysv", "dbus", "openssh-server", "iproute2", "ca-certificates"]
 MAIL_PACKAGES = ["postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "logrotate",
-                 "prometheus-postfix-exporter", "mtail", "rsyslog", "nftables"]
+                 "python3-systemd", "prometheus-postfix-exporter", "mtail", "rsyslog", "nftables"]
 HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
               "ip": "iproute2", "zstd": "zstd"}
 SINK_SCRIPT = Path(__file__).with_name("mailsink.py")
