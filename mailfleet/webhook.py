@@ -25,6 +25,7 @@ from its start. The log writer is another process; this one only reads, at low p
 cannot hold up the delivery log or Postfix, however slow or absent the endpoint.
 
     mailfleet-webhook --config /etc/mailfleet/webhook.json --log FILE --state FILE
+    mailfleet-webhook --config FILE --check     (reads the settings: exits non-zero if it cannot)
 """
 
 from __future__ import annotations
@@ -272,17 +273,24 @@ def run(log: LogFollower, checkpoint: Checkpoint, sender: Sender, batch_size: in
 def read_settings(path: str) -> dict:
     with open(path) as f:
         settings = json.load(f)
+    if urllib.parse.urlsplit(settings["url"]).scheme not in ("http", "https"):
+        raise SystemExit(f"{path}: url is not an http(s) URL")
     return {"url": settings["url"], "secret": settings.get("secret"), "batchSize": int(settings.get("batchSize", 100))}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the settings file (url, secret, batchSize)")
-    parser.add_argument("--log", required=True, help="the delivery log")
-    parser.add_argument("--state", required=True, help="the checkpoint file")
+    parser.add_argument("--log", help="the delivery log")
+    parser.add_argument("--state", help="the checkpoint file")
     parser.add_argument("--once", action="store_true", help="send what the log holds now, then stop (for checks)")
+    parser.add_argument("--check", action="store_true", help="read the settings, send nothing (for the install step)")
     args = parser.parse_args()
     settings = read_settings(args.config)
+    if args.check:
+        return
+    if not (args.log and args.state):
+        parser.error("--log and --state are needed to send")
     run(LogFollower(args.log), Checkpoint(args.state), Sender(settings["url"], settings["secret"]),
         settings["batchSize"], once=args.once)
 
