@@ -193,6 +193,7 @@ class Sender:
                 status = response.status
         except urllib.error.HTTPError as error:
             status = error.code
+            error.close()  # its response: the connection goes, not left to the garbage collector
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
             reason = getattr(error, "reason", error)
             return f"no answer ({reason})"
