@@ -1,7 +1,7 @@
 """MailHost: one server and everything on it, in order.
 
 preflight -> packages -> default Postfix instance, the DKIM signer (OpenDKIM), the tenants'
-credentials (Dovecot), the shaping map, warm-up and the delivery log -> one PostfixInstance per IP ->
+credentials (Dovecot), the shaping map, warm-up and the delivery log (and its webhook) -> one PostfixInstance per IP ->
 the one-time retirement of mailfleet-signer (a no-op where it never ran) and the metrics endpoints,
 and last ManagedFiles, which watches what all of
 them installed for drift. A host without an address is first created as a vSphere VM (VsphereVm,
@@ -96,6 +96,12 @@ class MailHost(pulumi.ComponentResource):
         # The delivery log reads the journal only: it needs no instance, and no instance waits for it.
         deliveries = remote_step(f"{name}-deliveries", connection, ssh_user, remote_scripts.deliveries(fleet, host),
                                  delete_script=remote_scripts.deliveries_delete(), parent=self, depends_on=[packages])
+        # After the delivery log, whose file it reads; nothing waits for it. Secret when its
+        # settings carry the signing secret.
+        webhook = fleet.delivery_webhook
+        remote_step(f"{name}-webhook", connection, ssh_user, remote_scripts.webhook(fleet), parent=self,
+                    secret=bool(webhook and webhook.secret), delete_script=remote_scripts.webhook_delete(),
+                    depends_on=[deliveries])
         self.instances = {
             instance.name: PostfixInstance(instance.name, PostfixInstanceArgs(
                 instance=instance, config_script=remote_scripts.instance_config(fleet, instance),

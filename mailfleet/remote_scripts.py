@@ -20,8 +20,9 @@ from mailfleet.config import Fleet, Host, Instance
 LIBRARY = (Path(__file__).resolve().parent / "remote_lib.sh").read_text()
 _EOF = "MAILFLEET_EOF"
 # Postfix, what signing needs (mailfleet/signing.py: OpenDKIM, its tools, miltertest for the probe),
-# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map, mailfleet-deliveries) and
-# python3-systemd (the delivery log reads the journal in-process, through libsystemd's sd-journal),
+# Dovecot's core (the tenants' SASL backend), python3 (mailfleet-shaping-map, mailfleet-deliveries,
+# mailfleet-webhook), python3-systemd (the delivery log reads the journal in-process, through
+# libsystemd's sd-journal),
 # logrotate (the delivery log's rotation) and the metrics' exporter, mtail, rsyslog (whose
 # /var/log/mail.log mtail reads) and nftables (mailfleet/metrics.py).
 PACKAGES = ("postfix", "opendkim", "opendkim-tools", "miltertest", "dovecot-core", "python3", "python3-systemd",
@@ -186,6 +187,23 @@ def _deliveries() -> dict:
                 logrotate=render.DELIVERIES_LOGROTATE, log=render.DELIVERIES_LOG,
                 state_dir=render.DELIVERIES_STATE.rsplit("/", 1)[0],
                 backoff_dir=render.BACKOFF_STATE.rsplit("/", 1)[0], paths=paths)
+
+
+def webhook(fleet: Fleet) -> str:
+    """The delivery webhook service of a host, or its absence without deliveryWebhook. Secret when
+    its settings hold the signing secret."""
+    return script("webhook", files=render.webhook_files(fleet), **_webhook())
+
+
+def webhook_delete() -> str:
+    return script("webhook", files={}, **_webhook())
+
+
+def _webhook() -> dict:
+    paths = [render.WEBHOOK_UNIT_FILE, render.WEBHOOK_PROGRAM, render.WEBHOOK_SETTINGS]
+    return dict(unit=render.WEBHOOK_UNIT, unit_file=render.WEBHOOK_UNIT_FILE, user=render.WEBHOOK_USER,
+                program=render.WEBHOOK_PROGRAM, settings=render.WEBHOOK_SETTINGS,
+                state_dir=render.WEBHOOK_STATE.rsplit("/", 1)[0], paths=paths)
 
 
 def instance_tls(instance: Instance, bundle_pem: str) -> str:

@@ -267,3 +267,36 @@ def deliveries_files(fleet: Fleet, host: Host) -> dict[str, str]:
         DELIVERIES_LOGROTATE: render("etc/logrotate.d/mailfleet-deliveries.j2", log=DELIVERIES_LOG,
                                      unit=DELIVERIES_UNIT),
     }
+
+
+# The delivery webhook (mailfleet/webhook.py, installed as is): with deliveryWebhook set, one
+# service per host POSTs the delivery log's records. Its settings hold the signing secret: root's
+# file, readable by the service's group only (the step installs it 0640).
+WEBHOOK_UNIT = "mailfleet-webhook"
+WEBHOOK_USER = "mailfleet-webhook"
+WEBHOOK_UNIT_FILE = f"/etc/systemd/system/{WEBHOOK_UNIT}.service"
+WEBHOOK_PROGRAM = "/usr/local/sbin/mailfleet-webhook"
+WEBHOOK_SETTINGS = "/etc/mailfleet/webhook.json"
+WEBHOOK_STATE = "/var/lib/mailfleet-webhook/checkpoint.json"
+
+
+def webhook_settings(fleet: Fleet) -> str:
+    """The URL, the batch size and, when given, the signing secret (a secret itself, then)."""
+    hook = fleet.delivery_webhook
+    settings = {"url": hook.url, "batchSize": hook.batch_size}
+    if hook.secret is not None:
+        settings["secret"] = hook.secret
+    return json.dumps(settings, indent=1, sort_keys=True) + "\n"
+
+
+def webhook_files(fleet: Fleet) -> dict[str, str]:
+    """The service's program and unit, and its settings; none without deliveryWebhook."""
+    if fleet.delivery_webhook is None:
+        return {}
+    return {
+        WEBHOOK_PROGRAM: (Path(__file__).resolve().parent / "webhook.py").read_text(),
+        WEBHOOK_SETTINGS: webhook_settings(fleet),
+        WEBHOOK_UNIT_FILE: render(f"etc/systemd/system/{WEBHOOK_UNIT}.service.j2", program=WEBHOOK_PROGRAM,
+                                  settings=WEBHOOK_SETTINGS, log=DELIVERIES_LOG, state=WEBHOOK_STATE,
+                                  user=WEBHOOK_USER, deliveries_unit=DELIVERIES_UNIT),
+    }

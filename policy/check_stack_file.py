@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
-MUST_BE_SECRET = ("mailfleet:sshPrivateKey", "mailfleet:tls.keyPem", "vsphere:password")
+MUST_BE_SECRET = ("mailfleet:sshPrivateKey", "mailfleet:tls.keyPem", "mailfleet:deliveryWebhook.secret",
+                  "vsphere:password")
 # Paths with an index: each tenant's password (`--secret --path 'mailfleet:tenants[0].password'`).
 MUST_BE_SECRET_PATTERNS = (re.compile(r"mailfleet:tenants\[[0-9]+\]\.password"),)
 PRIVATE_KEY_MARKER = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")

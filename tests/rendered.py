@@ -13,6 +13,9 @@ def rendered_files(fleet: Fleet) -> dict[str, str]:
     if shaping.enabled(fleet):  # the map's program is mailfleet/shaping_map.py as is: no golden copy of it
         files.update({path: content for path, content in render.shaping_map_files(fleet).items()
                       if path != render.SHAPING_MAP_PROGRAM})
+    # The webhook's program is mailfleet/webhook.py as is: no golden copy of it.
+    files.update({path: content for path, content in render.webhook_files(fleet).items()
+                  if path != render.WEBHOOK_PROGRAM})
     for host in fleet.hosts:
         prefix = f"{host.name}/" if len(fleet.hosts) > 1 else ""
         files[f"{prefix}etc/postfix/main.cf"] = render.default_main_cf(fleet, host)

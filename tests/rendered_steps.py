@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailfleet import metrics, remote_scripts, render, signing
-from mailfleet.config import Fleet, Warmup
+from mailfleet.config import DeliveryWebhook, Fleet, Warmup
 
 # A placeholder in PEM framing, not a key: these tests read scripts, they never run them.
 FAKE_PEM = "-----BEGIN {0}-----\nAAAA\n-----END {0}-----\n".format("PRIVATE KEY")
@@ -20,7 +20,13 @@ def rendered_steps(fleet: Fleet) -> dict[str, str]:
              "shaping-map-delete": remote_scripts.shaping_map_delete(),
              "warmup-delete": remote_scripts.warmup_delete(),
              "deliveries-delete": remote_scripts.deliveries_delete(),
+             "webhook": remote_scripts.webhook(fleet),
+             "webhook-delete": remote_scripts.webhook_delete(),
              "metrics-delete": metrics.delete_step()}
+    # ... and as it is with a webhook, when the stack has none.
+    if fleet.delivery_webhook is None:
+        hook = DeliveryWebhook(url="https://hooks.example.com/mail", secret="placeholder-secret-0123456789")
+        steps["webhook-on"] = remote_scripts.webhook(fleet.model_copy(update={"delivery_webhook": hook}))
     for host in fleet.hosts:
         steps[f"{host.name}-preflight"] = remote_scripts.preflight(host)
         if not host.existing:

@@ -220,6 +220,23 @@ BAD_INPUTS = [
     ("spfShared", "s47.example.com", "mailfleet:spfShared: s47.example.com is an instance hostname"),
     ("allowUnsignedSenders", "yes", "mailfleet:allowUnsignedSenders: must be structured YAML"),
     ("allowUnsignedSenders", "\"yes\"", "mailfleet:allowUnsignedSenders: must be true or false, got a string"),
+    # The delivery webhook: TLS unless it stays on the host, no credentials in the URL.
+    ("deliveryWebhook", {"url": "http://hooks.example.com/mail"}, "mailfleet:deliveryWebhook.url: 'http://hooks.example.com/mail' is plain HTTP to another machine"),
+    ("deliveryWebhook", {"url": "http://10.1.0.9:8080/mail"}, "mailfleet:deliveryWebhook.url: 'http://10.1.0.9:8080/mail' is plain HTTP to another machine"),
+    ("deliveryWebhook", {"url": "ftp://hooks.example.com/"}, "mailfleet:deliveryWebhook.url: 'ftp://hooks.example.com/' is not an https:// URL"),
+    ("deliveryWebhook", {"url": "hooks.example.com/mail"}, "mailfleet:deliveryWebhook.url: 'hooks.example.com/mail' is not an https:// URL"),
+    ("deliveryWebhook", {"url": "https://hooks example.com/"}, "mailfleet:deliveryWebhook.url: 'https://hooks example.com/' is not an https:// URL"),
+    ("deliveryWebhook", {"url": "https://hooks.example.com:70000/"}, "mailfleet:deliveryWebhook.url: 'https://hooks.example.com:70000/' is not a URL"),
+    ("deliveryWebhook", {"url": "https://me:pw@hooks.example.com/"}, "mailfleet:deliveryWebhook.url: holds credentials (user:password@)"),
+    ("deliveryWebhook", {"url": "https://hooks.example.com/\n"}, "mailfleet:deliveryWebhook.url: 'https://hooks.example.com/\\n' contains a control character"),
+    ("deliveryWebhook", {}, "mailfleet:deliveryWebhook.url: is required"),
+    ("deliveryWebhook", {"url": "https://hooks.example.com/", "batchSize": 0}, "mailfleet:deliveryWebhook.batchSize: 0 is out of range (1 to 10000)"),
+    ("deliveryWebhook", {"url": "https://hooks.example.com/", "batchSize": "100"}, "mailfleet:deliveryWebhook.batchSize: must be an integer, got a string"),
+    ("deliveryWebhook", {"url": "https://hooks.example.com/", "batch": 10}, "mailfleet:deliveryWebhook.batch: unknown key"),
+    ("deliveryWebhook", "https://hooks.example.com/", "mailfleet:deliveryWebhook: must be structured YAML"),
+    # A secret in plain config is refused whatever it is (GOOD holds no Pulumi secrets).
+    ("deliveryWebhook", {"url": "https://hooks.example.com/", "secret": "0123456789abcdef-ok"},
+     "mailfleet:deliveryWebhook.secret: is not a secret: set it with `pulumi config set --secret --path 'mailfleet:deliveryWebhook.secret'`"),
 ]
 
 
@@ -489,3 +506,25 @@ def test_a_warmup_plan_defaults_to_the_doubling_plan_and_keeps_a_given_one_whole
     assert set(default.plan) == {"google", "microsoft", "yahoo", "apple"}
     fleet = parse_config(raw(changed("hosts.1.instances.0.warmup", {"start": "2026-12-07", "plan": {"default": [500, 1000]}})))
     assert fleet.hosts[1].instances[0].warmup.plan == {"default": (500, 1000)}
+
+
+WEBHOOK_SECRET = "s3cret-Webhook-Key-0123456789"
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/mail", "http://127.0.0.1:8080/hook",
+                                 "http://127.0.0.9/", "http://localhost:9000/", "http://[::1]:9000/"])
+def test_a_delivery_webhook_is_https_or_stays_on_the_host(url):
+    fleet = parse_config(raw({**GOOD, "deliveryWebhook": {"url": url, "secret": WEBHOOK_SECRET}}),
+                         ["mailfleet:deliveryWebhook"])
+    assert (fleet.delivery_webhook.url, fleet.delivery_webhook.secret, fleet.delivery_webhook.batch_size) == \
+        (url, WEBHOOK_SECRET, 100)
+    assert WEBHOOK_SECRET not in repr(fleet)
+    assert parse_config(raw(GOOD)).delivery_webhook is None
+
+
+def test_a_weak_webhook_secret_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw({**GOOD, "deliveryWebhook": {"url": "https://hooks.example.com/", "secret": "hunter2hunter2"}}),
+                     ["mailfleet:deliveryWebhook"])
+    assert error.value.problems == ["mailfleet:deliveryWebhook.secret: is 14 characters long; a signing secret needs "
+                                    "at least 16 (e.g. `openssl rand -hex 32`)"]

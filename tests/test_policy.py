@@ -215,6 +215,7 @@ def test_stack_file_with_secure_values_passes():
         "mailfleet:tls": {"mode": "provided", "certPem": "-----BEGIN CERTIFICATE-----", "keyPem": {"secure": "v1:def"}},
         "vsphere:password": {"secure": "v1:ghi"},
         "vsphere:user": "administrator@vsphere.local",
+        "mailfleet:deliveryWebhook": {"url": "https://hooks.example.com/", "secret": {"secure": "v1:jkl"}},
     }}
     assert check_stack_file.plaintext_secrets(stack_file) == []
     assert check_stack_file.plaintext_secrets({"config": {"mailfleet:tls": {"secure": "v1:all-of-it"}}}) == []
@@ -226,10 +227,12 @@ def test_stack_file_with_plaintext_keys_fails_naming_each():
         "mailfleet:tls": {"mode": "provided", "keyPem": PRIVATE_KEY},
         "vsphere:password": "hunter2",
         "mailfleet:somethingElse": [{"note": PRIVATE_KEY}],
+        "mailfleet:deliveryWebhook": {"url": "https://hooks.example.com/", "secret": "0123456789abcdef-plain"},
     }}
     problems = check_stack_file.plaintext_secrets(stack_file)
     assert [problem.split(" ")[0] for problem in problems] == [
-        "mailfleet:sshPrivateKey", "mailfleet:tls.keyPem", "vsphere:password", "mailfleet:somethingElse[0].note"]
+        "mailfleet:sshPrivateKey", "mailfleet:tls.keyPem", "vsphere:password", "mailfleet:somethingElse[0].note",
+        "mailfleet:deliveryWebhook.secret"]
 
 
 def test_stack_file_check_exit_status(tmp_path, capsys):

@@ -319,3 +319,21 @@ def test_the_documentation_shows_the_example_stack_files_as_they_are(stack):
     text = (REPO / f"Pulumi.{stack}.yaml").read_text()
     documents = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     assert any(f"```yaml\n{text}```" in document.read_text() for document in documents)
+
+
+WEBHOOK_SECRET = "program-signing-secret-0123456789"
+
+
+def test_the_webhook_step_is_secret_exactly_when_it_carries_the_signing_secret(dev):
+    config, secret_keys = stack_config(REPO / "Pulumi.dev.yaml", {"mailfleet:sshPrivateKey": SSH_KEY})
+    config["mailfleet:deliveryWebhook"] = json.dumps({"url": "https://hooks.example.com/m", "secret": WEBHOOK_SECRET})
+    run = run_program(config, ShapeMocks(), secret_keys=[*secret_keys, "mailfleet:deliveryWebhook"], stack="dev")
+    step = run.monitor.named("devpostfix-webhook")
+    assert "stdin" in step.secret_inputs and "stdin" in step.additional_secret_outputs
+    assert WEBHOOK_SECRET in step.inputs["stdin"] and "devpostfix-deliveries" in deps(run, "devpostfix-webhook")
+    for resource in run.monitor.registrations.values():
+        plain = {k: v for k, v in resource.inputs.items() if k not in resource.secret_inputs}
+        assert WEBHOOK_SECRET not in json.dumps(plain, default=str), resource.name
+    # Without deliveryWebhook the step is there to remove the service (and is not secret).
+    absent = dev.monitor.named("devpostfix-webhook")
+    assert "stdin" not in absent.secret_inputs and "systemctl disable -q --now mailfleet-webhook" in absent.inputs["stdin"]

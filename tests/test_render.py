@@ -3,6 +3,7 @@
 UPDATE_GOLDEN=1 rewrites them and fails (review the diff, then run again without it); under CI it is
 refused, so a CI run never blesses its own output."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -50,6 +51,26 @@ def test_rendered_files_match_golden(stack):
     assert sorted(files) == sorted(golden)
     for path, content in files.items():
         assert content == golden[path], f"{stack}/{path} differs from its golden copy"
+
+
+WEBHOOK = {"url": "https://hooks.example.com/mailfleet?source=dev", "secret": "golden-signing-secret-0123456789",
+           "batchSize": 250}
+
+
+def test_the_webhook_files_match_golden():
+    """The dev stack with deliveryWebhook: only the webhook's own files are compared here."""
+    config, secret_keys = stack_config(REPO / "Pulumi.dev.yaml", {"mailfleet:sshPrivateKey": KEY})
+    fleet = parse_config({**config, "mailfleet:deliveryWebhook": json.dumps(WEBHOOK)},
+                         [*secret_keys, "mailfleet:deliveryWebhook"])
+    files = {path.lstrip("/"): content for path, content in render.webhook_files(fleet).items()
+             if path != render.WEBHOOK_PROGRAM}
+    folder = GOLDEN / "webhook"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        rewrite_golden(folder, files)
+    golden = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+    assert files == golden
+    assert json.loads(files["etc/mailfleet/webhook.json"]) == WEBHOOK
+    assert render.webhook_files(fleet_of("dev")) == {}
 
 
 def test_update_golden_is_never_a_pass_and_is_refused_under_ci(tmp_path, monkeypatch):

@@ -79,6 +79,9 @@ def dev_with(key: str, value) -> dict:
     ("mailfleet:mailName", "Web\nMAX", "config.mailfleet:mailName"),
     ("mailfleet:allowUnsignedSenders", "yes", "config.mailfleet:allowUnsignedSenders"),
     ("mailfleet:sshPrivateKey", {"secure": 1}, "config.mailfleet:sshPrivateKey"),
+    ("mailfleet:deliveryWebhook", {"url": "https://hooks.example.com/", "secret": "0123456789abcdef-plain"},
+     "config.mailfleet:deliveryWebhook"),
+    ("mailfleet:deliveryWebhook", {"url": "hooks.example.com"}, "config.mailfleet:deliveryWebhook"),
 ])
 def test_the_schema_refuses_what_the_program_refuses(validator, key, value, where):
     found = problems(validator, dev_with(key, value))
@@ -90,6 +93,7 @@ def test_other_namespaces_and_secrets_are_allowed(validator):
     document["config"]["mailfleet:tls"] = {"mode": "provided", "certPem": "-----BEGIN CERTIFICATE-----\n",
                                            "keyPem": {"secure": "v1:def"}}
     document["config"]["aws:region"] = "eu-west-1"
+    document["config"]["mailfleet:deliveryWebhook"] = {"url": "https://hooks.example.com/", "secret": {"secure": "v1:jkl"}}
     assert problems(validator, document) == []
     del document["config"]["mailfleet:hosts"]
     assert problems(validator, document) == ["config: 'mailfleet:hosts' is a required property"]

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mailfleet.config.models import (BUILTIN_GROUPS, DEFAULT_GROUP, Backoff, DkimKey, Dmarc, Fleet, Host, HostNetwork,
+from mailfleet.config.models import (BUILTIN_GROUPS, DEFAULT_GROUP, Backoff, DeliveryWebhook, DkimKey, Dmarc, Fleet, Host, HostNetwork,
                                      Instance, Queue, Shaping, ShapingGroup, ShapingLimits, Suspend, Tenant, Tls,
                                      VmSize, Vsphere, Warmup)
-from mailfleet.config.rules import fleet_warnings, plain_passwords, relations
+from mailfleet.config.rules import fleet_warnings, plain_passwords, plain_webhook_secret, relations
 from mailfleet.config.schema import stack_file_schema
 from mailfleet.config.values import (CGNAT, DEFAULT_INSTANCE_ADDRESS, DEFAULT_INTERFACE, DKIM_MAX_BITS, DKIM_MIN_BITS,
                                      NAMESPACE, PASSWORD_SCHEMES, TENANT_PASSWORD_MIN_LENGTH, WIDEST_RELAY_PREFIX,
@@ -34,7 +34,7 @@ from mailfleet.config.values import (CGNAT, DEFAULT_INSTANCE_ADDRESS, DEFAULT_IN
 
 __all__ = ["BUILTIN_GROUPS", "CGNAT", "DEFAULT_GROUP", "DEFAULT_INSTANCE_ADDRESS", "DEFAULT_INTERFACE", "DKIM_MAX_BITS",
            "DKIM_MIN_BITS", "NAMESPACE", "PASSWORD_SCHEMES", "TENANT_PASSWORD_MIN_LENGTH", "WIDEST_RELAY_PREFIX",
-           "Backoff", "ConfigError", "DkimKey", "Dmarc", "Fleet", "Host", "HostNetwork", "Instance", "Queue", "Shaping",
+           "Backoff", "ConfigError", "DeliveryWebhook", "DkimKey", "Dmarc", "Fleet", "Host", "HostNetwork", "Instance", "Queue", "Shaping",
            "ShapingGroup", "ShapingLimits", "Suspend", "Tenant", "Tls", "VmSize", "Vsphere", "Warmup", "certificate_covers",
            "fleet_warnings", "is_private", "parse_config", "stack_file_schema"]
 
@@ -67,7 +67,7 @@ def _edit_distance(a: str, b: str) -> int:
 def parse_config(raw: dict[str, Any], secret_keys: Iterable[str] = ()) -> Fleet:
     """Validate the raw `mailfleet:*` config map; other namespaces (vsphere:, ...) are ignored,
     unless one is a typo of `mailfleet`. `secret_keys` are the full keys Pulumi holds as secrets:
-    a tenant password in any other key is refused."""
+    a tenant password or the webhook's secret in any other key is refused."""
     problems: list[str] = []
     values: dict[str, Any] = {}
     unreadable: set[str] = set()
@@ -93,6 +93,7 @@ def parse_config(raw: dict[str, Any], secret_keys: Iterable[str] = ()) -> Fleet:
         problems += [problem for key, problem in _problems(error) if key not in unreadable]
     problems += [f"{path}: {message}" for path, message in relations(values)]
     problems += [f"{path}: {message}" for path, message in plain_passwords(values, set(secret_keys))]
+    problems += [f"{path}: {message}" for path, message in plain_webhook_secret(values, set(secret_keys))]
     if problems:
         raise ConfigError(problems)
     return fleet

@@ -20,6 +20,7 @@ from mailfleet.config.values import (DEFAULT_BLOCKLISTS, DEFAULT_INTERFACE, DKIM
                                      PublicIPv4, Regex,
                                      RelayHost, RelayNetwork, Selector, SingleLine, SpfTerm, SshPrivateKeyPem,
                                      SshPublicKey, TenantName, TenantPassword, TxtName, UnicastIPv4, UnixUser,
+                                     WebhookSecret, WebhookUrl,
                                      growing, int_range, json_schema, key_matches_certificate, non_empty, problem)
 
 class _Model(BaseModel):
@@ -314,6 +315,17 @@ class Tenant(_Model):
         return self.instances is None or instance.name in self.instances
 
 
+class DeliveryWebhook(_Model):
+    """Where each host's mailfleet-webhook POSTs the delivery log's records (mailfleet/webhook.py)."""
+
+    url: WebhookUrl = Field(
+        description="https://..., or http:// to a loopback address only (a forwarder on the host itself)")
+    secret: WebhookSecret | None = Field(
+        None, repr=False, description="a secret (pulumi config set --secret --path 'mailfleet:deliveryWebhook.secret'): "
+                                      "the key of each request's HMAC-SHA256 signature (X-Mailfleet-Signature)")
+    batch_size: int_range(1, 10_000) = Field(100, description="records in one request at most")
+
+
 class Fleet(_Model):
     """The whole `mailfleet:` configuration of a stack (each field is one `mailfleet:KEY`)."""
 
@@ -341,6 +353,8 @@ class Fleet(_Model):
     blocklists: tuple[DnsName, ...] = Field(
         DEFAULT_BLOCKLISTS, description="DNS blocklist zones tools/status.py checks each instance's public address "
                                         "against ([] checks none)")
+    delivery_webhook: DeliveryWebhook | None = Field(
+        None, description="POST each host's delivery log records, in batches, to this URL (docs/host.md)")
 
     @property
     def instances(self) -> list[tuple[Host, Instance]]:

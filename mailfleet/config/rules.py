@@ -157,6 +157,17 @@ def plain_passwords(values: dict[str, Any], secret_keys: set[str]) -> Iterator[t
                 "(or give passwordHash instead)")
 
 
+def plain_webhook_secret(values: dict[str, Any], secret_keys: set[str]) -> Iterator[tuple[str, str]]:
+    """The webhook's signing secret must come from a Pulumi secret, like a tenant password: in
+    plain config it sits in clear in Pulumi.<stack>.yaml, and anyone who reads it can sign records."""
+    webhook = values.get("deliveryWebhook")
+    if f"{NAMESPACE}:deliveryWebhook" in secret_keys or not isinstance(webhook, dict):
+        return
+    if webhook.get("secret") is not None:
+        yield f"{NAMESPACE}:deliveryWebhook.secret", (
+            f"is not a secret: set it with `pulumi config set --secret --path '{NAMESPACE}:deliveryWebhook.secret'`")
+
+
 def _shaping_groups(given: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """Each group has members, the default group none, and no domain is in two groups."""
     owner: dict[str, str] = {}

@@ -16,7 +16,7 @@ def stack_file_schema() -> dict[str, Any]:
               "additionalProperties": False, "description": "a secret set with `pulumi config set --secret`"}
     properties = {}
     for key, schema in fleet["properties"].items():
-        if key in ("sshPrivateKey", "tls", "tenants"):
+        if key in ("sshPrivateKey", "tls", "tenants", "deliveryWebhook"):
             schema = {"anyOf": [schema, {"$ref": "#/$defs/secure"}]}
         properties[f"{NAMESPACE}:{key}"] = schema
     tls = definitions["Tls"]["properties"]
@@ -24,6 +24,9 @@ def stack_file_schema() -> dict[str, Any]:
     # In the file a tenant password is only ever a secret (`pulumi config set --secret --path`).
     tenant = definitions["Tenant"]["properties"]
     tenant["password"] = {"$ref": "#/$defs/secure", "description": tenant["password"]["description"]}
+    # ... and so is the webhook's signing secret.
+    webhook = definitions["DeliveryWebhook"]["properties"]
+    webhook["secret"] = {"$ref": "#/$defs/secure", "description": webhook["secret"]["description"]}
     config = {
         "type": "object",
         "description": "Stack configuration: mailfleet's keys, and other namespaces (vsphere:, ...) left alone.",

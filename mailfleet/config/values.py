@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
@@ -395,6 +396,54 @@ def _tenant_password(value: str) -> str:
 
 
 TenantPassword = rule(_tenant_password, {"minLength": TENANT_PASSWORD_MIN_LENGTH})
+
+
+def _webhook_url(value: str) -> str:
+    # The records name recipients: plain HTTP only to a forwarder on the host itself (loopback).
+    _single_line(value)
+    try:
+        url = urllib.parse.urlsplit(value)
+        port = url.port
+    except ValueError as error:
+        raise problem(f"{value!r} is not a URL ({error})") from None
+    if url.scheme not in ("https", "http") or not url.hostname or any(c.isspace() for c in value):
+        raise problem(f"{value!r} is not an https:// URL")
+    if url.username is not None or url.password is not None:
+        raise problem("holds credentials (user:password@): the URL is not secret; sign with secret instead")
+    if url.fragment or value.endswith("#"):
+        raise problem(f"{value!r} has a #fragment, which is never sent")
+    if url.scheme == "http" and not _is_loopback(url.hostname):
+        raise problem(f"{value!r} is plain HTTP to another machine: the records hold recipient addresses; "
+                       "use https://, or http:// to a loopback address only (a forwarder on the host)")
+    if port == 0:
+        raise problem("port 0 is out of range (1 to 65535)")
+    return value
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+WebhookUrl = rule(_webhook_url, {"pattern": _pattern(r"https?://[^\u0000-\u0020\u007f]+")})
+WEBHOOK_SECRET_MIN_LENGTH = 16
+
+
+def _webhook_secret(value: str) -> str:
+    # Never echo the value: it is a secret.
+    if any(not c.isprintable() for c in value):
+        raise problem("contains a control character")
+    if len(value) < WEBHOOK_SECRET_MIN_LENGTH:
+        raise problem(f"is {len(value)} characters long; a signing secret needs at least "
+                       f"{WEBHOOK_SECRET_MIN_LENGTH} (e.g. `openssl rand -hex 32`)")
+    return value
+
+
+WebhookSecret = rule(_webhook_secret, {"minLength": WEBHOOK_SECRET_MIN_LENGTH})
 
 
 # Dovecot's strong password schemes and the shape of their hashes; other schemes Dovecot knows are
